@@ -1,0 +1,1 @@
+"""rap_flax: SRAP / MRAP / MAFC attention for MobileNets in JAX/Flax."""
