@@ -1,0 +1,167 @@
+"""Backend-free pieces of the input pipelines: config defaults, host sharding, batch padding.
+
+Nothing here imports tensorflow; the numpy datasets (digits, synthetic) and the tfds pipelines
+both build on these helpers so the sharding and padding rules exist once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterator, NamedTuple
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+# Fields the data module reads from the top level of the config, with the value used when the
+# config does not set them. image_size None means "the dataset's own default".
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "data_dir": None,
+    "image_size": None,
+    "train_split": "",
+    "eval_split": "",
+    "cache": True,
+    "shuffle_buffer_size": 16_384,
+    "prefetch_batches": 2,
+    "seed": 0,
+    "synthetic_num_classes": 10,
+    "synthetic_num_train": 1024,
+    "synthetic_num_eval": 256,
+}
+
+
+class DatasetInfo(NamedTuple):
+  name: str
+  num_classes: int
+  num_train: int
+  num_eval: int
+  image_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class HostShard:
+  """Which process reads which part of the data."""
+
+  index: int
+  count: int
+
+  @classmethod
+  def resolve(cls, process_index: int | None, process_count: int | None) -> HostShard:
+    if process_index is None or process_count is None:
+      import jax  # Imported here so that merely importing rap_flax.data stays cheap.
+
+      process_index = jax.process_index() if process_index is None else process_index
+      process_count = jax.process_count() if process_count is None else process_count
+    if process_count < 1 or not 0 <= process_index < process_count:
+      raise ValueError(
+          f"process_index={process_index} is not in [0, process_count={process_count}); "
+          "pass 0 <= process_index < process_count.")
+    return cls(process_index, process_count)
+
+  def train_range(self, num_examples: int) -> range:
+    """Equal-sized contiguous slice for training (the remainder is dropped)."""
+    per_host = num_examples // self.count
+    return range(self.index * per_host, (self.index + 1) * per_host)
+
+  def eval_range(self, num_examples: int) -> range:
+    """Contiguous slice for evaluation; sizes differ by at most one, nothing is dropped.
+
+    Same rule as tfds.even_splits(drop_remainder=False): the first hosts get one extra example.
+    """
+    base, extra = divmod(num_examples, self.count)
+    start = self.index * base + min(self.index, extra)
+    return range(start, start + base + (self.index < extra))
+
+  def num_eval_batches(self, num_examples: int, batch_size: int) -> int:
+    """Batches every host yields in eval, so that all hosts run the same number of steps."""
+    return math.ceil(math.ceil(num_examples / self.count) / batch_size)
+
+
+def config_value(config, name: str):
+  """Reads a data field from the config, falling back to CONFIG_DEFAULTS."""
+  value = config.get(name, CONFIG_DEFAULTS[name]) if hasattr(config, "get") else getattr(
+      config, name, CONFIG_DEFAULTS[name])
+  return CONFIG_DEFAULTS[name] if value is None else value
+
+
+def check_batch_size(batch_size: int) -> None:
+  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive int (per host), got {batch_size!r}.")
+
+
+def train_steps_per_epoch(num_host_examples: int, batch_size: int, dataset: str) -> int:
+  steps = num_host_examples // batch_size
+  if steps == 0:
+    raise ValueError(
+        f"{dataset}: per-host batch_size={batch_size} exceeds the {num_host_examples} training "
+        "examples of this host; use a smaller batch size.")
+  return steps
+
+
+def pad_batch(batch: Batch, batch_size: int) -> Batch:
+  """Pads a partial eval batch with zeros up to batch_size; padded rows get mask False."""
+  n = len(batch["label"])
+  mask = np.zeros(batch_size, bool)
+  mask[:n] = batch.get("mask", True)
+  out = {"mask": mask}
+  for key, value in batch.items():
+    if key == "mask":
+      continue
+    padded = np.zeros((batch_size,) + value.shape[1:], value.dtype)
+    padded[:n] = value
+    out[key] = padded
+  return out
+
+
+ExampleShapes = dict[str, tuple[tuple[int, ...], np.dtype]]
+
+
+def pad_eval_batches(batches: Iterator[Batch], batch_size: int, num_batches: int,
+                     example_shapes: ExampleShapes) -> Iterator[Batch]:
+  """Yields exactly num_batches full-size batches: the last real one padded, then empty ones.
+
+  example_shapes (per-example shape and dtype of every key but mask) describes the all-masked
+  batches, which a host needs even when its shard is empty.
+  """
+  yielded = 0
+  for batch in batches:
+    yielded += 1
+    if yielded > num_batches:
+      raise AssertionError(f"eval produced more than the expected {num_batches} batches")
+    yield pad_batch(batch, batch_size)
+  for _ in range(num_batches - yielded):
+    empty = {key: np.zeros((batch_size,) + shape, dtype)
+             for key, (shape, dtype) in example_shapes.items()}
+    yield {**empty, "mask": np.zeros(batch_size, bool)}
+
+
+# Stateless per-example randomness for the numpy pipelines: a splitmix64 hash of
+# (seed, epoch, position in epoch, draw) so that augmentation never depends on iteration history.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+  z = x + _GOLDEN
+  z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return z ^ (z >> np.uint64(31))
+
+
+def _as_u64(value: int) -> np.ndarray:
+  return np.array([value & 0xFFFF_FFFF_FFFF_FFFF], np.uint64)
+
+
+def example_uniforms(seed: int, epoch: int, positions: np.ndarray, num_draws: int) -> np.ndarray:
+  """Uniform floats in [0, 1), shape (len(positions), num_draws), a pure function of the args."""
+  key = _splitmix64(_splitmix64(_as_u64(seed)) ^ _as_u64(epoch))
+  per_example = _splitmix64(key ^ np.asarray(positions, np.uint64))
+  draws = np.arange(1, num_draws + 1, dtype=np.uint64) * _GOLDEN
+  bits = _splitmix64(per_example[:, None] ^ draws[None, :])
+  return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def epoch_permutation(seed: int, epoch: int, shard: HostShard, n: int) -> np.ndarray:
+  """Shuffle order of one host's training examples for one epoch, keyed by (seed, epoch)."""
+  rng = np.random.default_rng([seed & 0xFFFF_FFFF, epoch, shard.index, 0x5EED])
+  return rng.permutation(n)
