@@ -1,0 +1,260 @@
+"""Attention gates: SRAP/MRAP (residual attentive patterns), MAFC, and the SE / CBAM baselines.
+
+All gates take and return NHWC tensors. Descriptors and gate weights are computed in
+float32 whatever the compute dtype, because the top-n sort, the unbiased std and the
+sigmoid products are where bfloat16 would lose the ranking and the residual term.
+
+Every gate sows, in the "intermediates" collection, the final per-pixel weight averaged
+over channels ("pixel_weight", (B, H, W)) and, except SE which has no spatial branch,
+the spatial weight map ("spatial_weight", (B, H, W)); `rap_flax.models.attention_maps`
+reads them.
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rap_flax.layers.activations import hsigmoid
+from rap_flax.layers.conv import conv2d
+from rap_flax.layers.norm import BatchNorm
+
+POOL_TYPES = ("avg", "max", "std")
+ATTENTIONS = ("none", "srap", "mrap", "mafc", "se", "cbam")
+# The gate BNs use torch momentum 0.01 upstream.
+GATE_BN_MOMENTUM = 0.99
+SPATIAL_KERNEL = 7
+linear_init = nn.initializers.normal(stddev=0.01)
+
+
+def hidden_width(channels: int, reduction: int = 16) -> int:
+  """Upstream MLP width: C // 16, or 1 when that is 0."""
+  return channels // reduction or 1
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+  rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+  return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def _unbiased_std(x: jax.Array, axis) -> jax.Array:
+  count = math.prod(x.shape[a] for a in (axis if isinstance(axis, tuple) else (axis,)))
+  mean = jnp.mean(x, axis=axis, keepdims=True)
+  return jnp.sqrt(jnp.sum(jnp.square(x - mean), axis=axis) / (count - 1))
+
+
+def pool(x: jax.Array, pool_type: str, axis) -> jax.Array:
+  """avg / max / unbiased std of `x` over `axis` (axis removed)."""
+  if pool_type == "avg":
+    return jnp.mean(x, axis=axis)
+  if pool_type == "max":
+    return jnp.max(x, axis=axis)
+  return _unbiased_std(x, axis)
+
+
+def channel_descriptors(x: jax.Array, pool_types: Sequence[str]) -> list[jax.Array]:
+  """(B, C) per pool type, pooled over H and W."""
+  return [pool(x, p, (1, 2)) for p in pool_types]
+
+
+def spatial_descriptors(x: jax.Array, pool_types: Sequence[str]) -> jax.Array:
+  """(B, H, W, k): one map per pool type, pooled over channels, in pool-type order."""
+  return jnp.stack([pool(x, p, -1) for p in pool_types], axis=-1)
+
+
+def top_n_counts(channels: int, rates: Sequence[float]) -> tuple[int, ...]:
+  """How many of the largest values each descriptor contributes (upstream arithmetic).
+
+  The last pool type takes whatever the others leave, so with two types only
+  rates[0] matters; the truncation is Python's `int(rate * C)`.
+  """
+  counts = [int(rate * channels) for rate in rates[:-1]]
+  return (*counts, channels - sum(counts))
+
+
+def interleave_top_n(descriptors: Sequence[jax.Array], counts: Sequence[int]) -> jax.Array:
+  """Top-n values of each descriptor (descending), interleaved, then the leftover tails.
+
+  With m = min(counts): [t1[0], t2[0], (t3[0],) t1[1], ...] for the first m of each,
+  followed by t1[m:], t2[m:], t3[m:] in order. This covers both upstream cases (equal
+  counts, where the tails are empty, and unequal ones).
+  """
+  tops = [jax.lax.top_k(d, n)[0] if n else d[:, :0] for d, n in zip(descriptors, counts)]
+  m = min(counts)
+  batch = descriptors[0].shape[0]
+  heads = jnp.stack([t[:, :m] for t in tops], axis=-1).reshape(batch, m * len(tops))
+  return jnp.concatenate([heads] + [t[:, m:] for t in tops], axis=-1)
+
+
+def _product(arrays: Sequence[jax.Array]) -> jax.Array:
+  return functools.reduce(jnp.multiply, arrays)
+
+
+def _check_spatial_size(x: jax.Array, pool_types: Sequence[str], gate: str) -> None:
+  if "std" in pool_types and x.shape[1] * x.shape[2] < 2:
+    raise ValueError(
+        f"{gate}: 'std' pooling over a {x.shape[1]}x{x.shape[2]} feature map is undefined "
+        "(unbiased std of one value). Feed larger images, use a CIFAR stem, or choose "
+        f"pool types without 'std' (allowed: {POOL_TYPES}).")
+
+
+def _sow_maps(module: nn.Module, spatial_weight: jax.Array, pixel_weight: jax.Array) -> None:
+  module.sow("intermediates", "spatial_weight", spatial_weight)
+  module.sow("intermediates", "pixel_weight", pixel_weight)
+
+
+def spatial_conv_bn(maps: jax.Array, train: bool) -> jax.Array:
+  """conv7x7 (k -> 1, no bias) + BatchNorm: the spatial branch of every gate but SE.
+
+  Called inside a gate's compact method, so the layers are that gate's children.
+  """
+  y = conv2d(1, SPATIAL_KERNEL, name="spatial_conv")(maps)
+  return BatchNorm(momentum=GATE_BN_MOMENTUM, name="spatial_bn")(y, train)[..., 0]
+
+
+def channel_mlp(z: jax.Array, hidden: int, features: int) -> jax.Array:
+  """Linear(h) -> ReLU -> Linear(C), both with bias (the upstream `mlp`)."""
+  z = nn.relu(nn.Dense(hidden, kernel_init=linear_init, name="mlp_hidden")(z))
+  return nn.Dense(features, kernel_init=linear_init, name="mlp_out")(z)
+
+
+class ResidualAttentivePatterns(nn.Module):
+  """The SRAP / MRAP gate (one module upstream under two names), SPEC §1."""
+  pool_types: tuple[str, ...] = ("avg", "std")
+  rates: tuple[float, ...] = (0.5, 0.5)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    _check_spatial_size(x, self.pool_types, "srap/mrap")
+    channels = x.shape[-1]
+    x32 = x.astype(jnp.float32)
+    channel = channel_descriptors(x32, self.pool_types)
+    spatial = spatial_descriptors(x32, self.pool_types)
+    ranked = interleave_top_n(channel, top_n_counts(channels, self.rates))
+    channel_weight = nn.relu(channel_mlp(ranked, hidden_width(channels), channels)
+                             + nn.sigmoid(_product(channel)))
+    spatial_weight = (spatial_conv_bn(spatial, train)
+                      + nn.sigmoid(jnp.prod(spatial, axis=-1)))
+    weight = 1 + nn.sigmoid(channel_weight[:, None, None, :] * spatial_weight[..., None])
+    _sow_maps(self, spatial_weight, jnp.mean(weight, axis=-1))
+    return x * weight.astype(x.dtype)
+
+
+class MAFC(nn.Module):
+  """Accumulated features: channel gate on concatenated descriptors, then a spatial gate.
+
+  Upstream hard-codes a 2-input spatial conv; here it takes one map per pool type,
+  which is the same for the published two-type setting.
+  """
+  pool_types: tuple[str, ...] = ("avg", "std")
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    _check_spatial_size(x, self.pool_types, "mafc")
+    channels = x.shape[-1]
+    x32 = x.astype(jnp.float32)
+    accumulated = jnp.concatenate(channel_descriptors(x32, self.pool_types), axis=-1)
+    channel_weight = nn.sigmoid(channel_mlp(accumulated, hidden_width(channels), channels))
+    x32 = x32 * channel_weight[:, None, None, :]
+    spatial_weight = nn.sigmoid(spatial_conv_bn(spatial_descriptors(x32, self.pool_types), train))
+    _sow_maps(self, spatial_weight,
+              jnp.mean(channel_weight, axis=-1)[:, None, None] * spatial_weight)
+    return (x32 * spatial_weight[..., None]).astype(x.dtype)
+
+
+class CBAM(nn.Module):
+  """CBAM (Woo et al., 2018): shared MLP on avg and max pools, then a 7x7 spatial gate."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    channels = x.shape[-1]
+    x32 = x.astype(jnp.float32)
+    pooled = jnp.concatenate(channel_descriptors(x32, ("avg", "max")), axis=0)
+    avg_logits, max_logits = jnp.split(
+        channel_mlp(pooled, hidden_width(channels), channels), 2, axis=0)
+    channel_weight = nn.sigmoid(avg_logits + max_logits)
+    x32 = x32 * channel_weight[:, None, None, :]
+    spatial_weight = nn.sigmoid(spatial_conv_bn(spatial_descriptors(x32, ("max", "avg")), train))
+    _sow_maps(self, spatial_weight,
+              jnp.mean(channel_weight, axis=-1)[:, None, None] * spatial_weight)
+    return (x32 * spatial_weight[..., None]).astype(x.dtype)
+
+
+class SqueezeExcite(nn.Module):
+  """MobileNetV3 squeeze-and-excitation with a hard-sigmoid gate."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    del train  # no BatchNorm inside
+    channels = x.shape[-1]
+    squeezed = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True)
+    hidden = nn.relu(conv2d(make_divisible(channels / 4), 1, use_bias=True, name="reduce")(squeezed))
+    channel_weight = hsigmoid(conv2d(channels, 1, use_bias=True, name="expand")(hidden))
+    # SE has no spatial branch: its per-pixel weight is the same at every position.
+    self.sow("intermediates", "pixel_weight", jnp.broadcast_to(
+        jnp.mean(channel_weight, axis=(1, 2, 3))[:, None, None], x.shape[:3]))
+    return x * channel_weight.astype(x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+  """Which gate a model uses and how it pools; validated on construction.
+
+  `after_projection` gates (MAFC) sit on a unit's output channels after the 1x1
+  projection; the others on the expanded channels right after the depthwise conv.
+  """
+  name: str = "none"
+  pool_types: tuple[str, ...] = ("avg", "std")
+  rates: tuple[float, ...] | None = (0.5, 0.5)
+
+  def __post_init__(self):
+    if self.name not in ATTENTIONS:
+      raise ValueError(f"Unknown attention {self.name!r}; choose one of {ATTENTIONS}.")
+    object.__setattr__(self, "pool_types", tuple(self.pool_types))
+    if self.name in ("srap", "mrap", "mafc"):
+      _validate_pool_types(self.pool_types)
+    if self.name in ("srap", "mrap"):
+      if self.rates is None:
+        raise ValueError(f"{self.name} needs `rates`, one per pool type {self.pool_types}.")
+      object.__setattr__(self, "rates", tuple(float(r) for r in self.rates))
+      _validate_rates(self.rates, self.pool_types)
+
+  @property
+  def after_projection(self) -> bool:
+    return self.name == "mafc"
+
+  def build(self, name: str) -> nn.Module | None:
+    """A fresh gate module named `name`, or None for `attention="none"`."""
+    if self.name in ("srap", "mrap"):
+      return ResidualAttentivePatterns(self.pool_types, self.rates, name=name)
+    if self.name == "mafc":
+      return MAFC(self.pool_types, name=name)
+    if self.name == "cbam":
+      return CBAM(name=name)
+    if self.name == "se":
+      return SqueezeExcite(name=name)
+    return None
+
+
+def _validate_pool_types(pool_types: tuple[str, ...]) -> None:
+  unknown = [p for p in pool_types if p not in POOL_TYPES]
+  if unknown:
+    raise ValueError(f"Unknown pool type(s) {unknown}; allowed: {POOL_TYPES}.")
+  if len(pool_types) not in (2, 3) or len(set(pool_types)) != len(pool_types):
+    raise ValueError(f"pool_types must be 2 or 3 distinct names from {POOL_TYPES} "
+                     f"in any order; got {pool_types}.")
+
+
+def _validate_rates(rates: tuple[float, ...], pool_types: tuple[str, ...]) -> None:
+  if len(rates) != len(pool_types):
+    raise ValueError(f"rates {rates} must give one fraction per pool type {pool_types} "
+                     f"({len(pool_types)} values).")
+  if any(not 0.0 <= r <= 1.0 for r in rates):
+    raise ValueError(f"rates {rates} must each lie in [0, 1].")
+  if sum(rates) > 1.0 + 1e-9:
+    raise ValueError(f"rates {rates} sum to {sum(rates):g} > 1; they are fractions of the "
+                     "channels kept per pool type, e.g. (0.5, 0.5) or (0.3, 0.5, 0.2).")
