@@ -11,23 +11,28 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from rap_flax.data import base, digits, in_memory, synthetic
+from rap_flax.data import base, catalog, digits, synthetic
 from rap_flax.data.base import CONFIG_DEFAULTS, Batch, DatasetInfo
 
 _IN_MEMORY = {"digits": digits.build, "synthetic": synthetic.build}
-DATASETS = tuple(_IN_MEMORY)
+DATASETS = (*_IN_MEMORY, *catalog.TFDS_DATASETS)
 
 
-def _dataset_name(config) -> str:
+def _source(config):
+  """The dataset named by config.dataset, ready to iterate (tfds ones must be prepared)."""
   name = config.get("dataset") if hasattr(config, "get") else getattr(config, "dataset", None)
-  if name not in DATASETS:
-    raise ValueError(f"Unknown config.dataset={name!r}; choose one of {', '.join(DATASETS)}.")
-  return name
+  if name in _IN_MEMORY:
+    return _IN_MEMORY[name](config)
+  if name in catalog.TFDS_DATASETS:
+    from rap_flax.data import tfds_pipeline  # imports tensorflow
+
+    return tfds_pipeline.TfdsSource(catalog.TFDS_DATASETS[name], config)
+  raise ValueError(f"Unknown config.dataset={name!r}; choose one of {', '.join(DATASETS)}.")
 
 
 def get_dataset_info(config) -> DatasetInfo:
   """Name, number of classes, split sizes and image size of config.dataset."""
-  return _IN_MEMORY[_dataset_name(config)](config).info
+  return _source(config).info
 
 
 def create_train_iterator(config, batch_size: int, start_step: int = 0, *,
@@ -42,9 +47,8 @@ def create_train_iterator(config, batch_size: int, start_step: int = 0, *,
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
   shard = base.HostShard.resolve(process_index, process_count)
-  dataset = _IN_MEMORY[_dataset_name(config)](config)
-  return in_memory.train_iterator(dataset, batch_size, start_step,
-                                  int(base.config_value(config, "seed")), shard)
+  return _source(config).train_iterator(batch_size, start_step,
+                                        int(base.config_value(config, "seed")), shard)
 
 
 def create_eval_iterator(config, batch_size: int, *, process_index: int | None = None,
@@ -56,8 +60,7 @@ def create_eval_iterator(config, batch_size: int, *, process_index: int | None =
   """
   base.check_batch_size(batch_size)
   shard = base.HostShard.resolve(process_index, process_count)
-  dataset = _IN_MEMORY[_dataset_name(config)](config)
-  return in_memory.eval_iterator(dataset, batch_size, shard)
+  return _source(config).eval_iterator(batch_size, shard)
 
 
 __all__ = ["CONFIG_DEFAULTS", "DATASETS", "Batch", "DatasetInfo", "create_eval_iterator",

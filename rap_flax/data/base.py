@@ -117,11 +117,16 @@ def pad_batch(batch: Batch, batch_size: int) -> Batch:
 ExampleShapes = dict[str, tuple[tuple[int, ...], np.dtype]]
 
 
+def example_shapes(image_size: int) -> ExampleShapes:
+  return {"image": ((image_size, image_size, 3), np.dtype(np.float32)),
+          "label": ((), np.dtype(np.int32))}
+
+
 def pad_eval_batches(batches: Iterator[Batch], batch_size: int, num_batches: int,
-                     example_shapes: ExampleShapes) -> Iterator[Batch]:
+                     shapes: ExampleShapes) -> Iterator[Batch]:
   """Yields exactly num_batches full-size batches: the last real one padded, then empty ones.
 
-  example_shapes (per-example shape and dtype of every key but mask) describes the all-masked
+  shapes (per-example shape and dtype of every key but mask) describe the all-masked
   batches, which a host needs even when its shard is empty.
   """
   yielded = 0
@@ -132,7 +137,7 @@ def pad_eval_batches(batches: Iterator[Batch], batch_size: int, num_batches: int
     yield pad_batch(batch, batch_size)
   for _ in range(num_batches - yielded):
     empty = {key: np.zeros((batch_size,) + shape, dtype)
-             for key, (shape, dtype) in example_shapes.items()}
+             for key, (shape, dtype) in shapes.items()}
     yield {**empty, "mask": np.zeros(batch_size, bool)}
 
 
@@ -161,7 +166,12 @@ def example_uniforms(seed: int, epoch: int, positions: np.ndarray, num_draws: in
   return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
+def epoch_seed(seed: int, epoch: int, shard: HostShard) -> int:
+  """Seed of one host's shuffle in one epoch: a pure function of (seed, epoch, host)."""
+  sequence = np.random.SeedSequence([seed & 0xFFFF_FFFF, epoch, shard.index])
+  return int(sequence.generate_state(1, np.uint32)[0])
+
+
 def epoch_permutation(seed: int, epoch: int, shard: HostShard, n: int) -> np.ndarray:
-  """Shuffle order of one host's training examples for one epoch, keyed by (seed, epoch)."""
-  rng = np.random.default_rng([seed & 0xFFFF_FFFF, epoch, shard.index, 0x5EED])
-  return rng.permutation(n)
+  """Shuffle order of one host's n training examples in one epoch."""
+  return np.random.default_rng(epoch_seed(seed, epoch, shard)).permutation(n)

@@ -32,12 +32,23 @@ class ArrayDataset:
   augment: AugmentFn | None = None
   num_augment_draws: int = 0
 
+  def train_iterator(self, batch_size: int, start_step: int, seed: int,
+                     shard: base.HostShard) -> Iterator[base.Batch]:
+    host = shard.train_range(self.train.num_examples)
+    steps_per_epoch = base.train_steps_per_epoch(len(host), batch_size, self.info.name)
+    return _train_batches(self, batch_size, start_step, seed, shard, host, steps_per_epoch)
 
-def train_iterator(dataset: ArrayDataset, batch_size: int, start_step: int, seed: int,
-                   shard: base.HostShard) -> Iterator[base.Batch]:
-  host = shard.train_range(dataset.train.num_examples)
-  steps_per_epoch = base.train_steps_per_epoch(len(host), batch_size, dataset.info.name)
-  return _train_batches(dataset, batch_size, start_step, seed, shard, host, steps_per_epoch)
+  def eval_iterator(self, batch_size: int, shard: base.HostShard) -> Iterator[base.Batch]:
+    host = shard.eval_range(self.eval.num_examples)
+
+    def batches():
+      for start in range(host.start, host.stop, batch_size):
+        images, labels = self.eval.take(np.arange(start, min(start + batch_size, host.stop)))
+        yield {"image": images, "label": labels}
+
+    return base.pad_eval_batches(
+        batches(), batch_size, shard.num_eval_batches(self.eval.num_examples, batch_size),
+        base.example_shapes(self.info.image_size))
 
 
 def _train_batches(dataset, batch_size, start_step, seed, shard, host, steps_per_epoch):
@@ -53,22 +64,3 @@ def _train_batches(dataset, batch_size, start_step, seed, shard, host, steps_per
         images = dataset.augment(images, uniforms)
       yield {"image": images, "label": labels, "mask": mask}
     epoch, step_in_epoch = epoch + 1, 0
-
-
-def eval_iterator(dataset: ArrayDataset, batch_size: int,
-                  shard: base.HostShard) -> Iterator[base.Batch]:
-  host = shard.eval_range(dataset.eval.num_examples)
-
-  def batches():
-    for start in range(host.start, host.stop, batch_size):
-      images, labels = dataset.eval.take(np.arange(start, min(start + batch_size, host.stop)))
-      yield {"image": images, "label": labels}
-
-  return base.pad_eval_batches(
-      batches(), batch_size, shard.num_eval_batches(dataset.eval.num_examples, batch_size),
-      example_shapes=_example_shapes(dataset))
-
-
-def _example_shapes(dataset: ArrayDataset) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-  size = dataset.info.image_size
-  return {"image": ((size, size, 3), np.dtype(np.float32)), "label": ((), np.dtype(np.int32))}
