@@ -23,6 +23,13 @@ class DatasetNotPreparedError(FileNotFoundError):
   pass
 
 
+def parallel_map(dataset: tf.data.Dataset, fn) -> tf.data.Dataset:
+  # The transforms use tf.cond/tf.where, never Python control flow on tensors, so autograph
+  # has nothing to convert; skipping it makes building each epoch's pipeline several times faster.
+  return dataset.map(tf.autograph.experimental.do_not_convert(fn),
+                     num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def load_builder(spec: catalog.TfdsDataset, data_dir: str | None) -> tfds.core.DatasetBuilder:
   if spec.tfds_name.startswith("imagenet_rein/"):
     from rap_flax.data import builders  # noqa: F401  (registers the imagenet_rein builder)
@@ -66,7 +73,7 @@ class TfdsSource:
     read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
     dataset = self.builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
                                       read_config=read_config, decoders=_SKIP_IMAGE_DECODING)
-    return dataset.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))
+    return parallel_map(dataset, lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))
 
   def options(self) -> tf.data.Options:
     options = tf.data.Options()
@@ -81,7 +88,7 @@ class TfdsSource:
     decode = lambda image, label: (self.transforms.decode(image), label)
     cached = None
     if self.cache:
-      cached = self.read(split).map(decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
+      cached = parallel_map(self.read(split), decode).cache()
 
     def epoch_pipeline(epoch: int, first_step: int) -> tf.data.Dataset:
       shuffle_seed = base.epoch_seed(seed, epoch, shard)
@@ -89,7 +96,7 @@ class TfdsSource:
       examples = examples.shuffle(min(self.shuffle_buffer_size, num_examples), seed=shuffle_seed)
       examples = examples.skip(first_step * batch_size)
       if cached is None:
-        examples = examples.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        examples = parallel_map(examples, decode)
       positions = tf.data.Dataset.range(first_step * batch_size, steps_per_epoch * batch_size)
 
       def augment(position, example):
@@ -99,7 +106,7 @@ class TfdsSource:
         return {"image": self.transforms.train(image, uniforms), "label": label}
 
       batches = tf.data.Dataset.zip(positions, examples)  # zip stops at the dropped remainder
-      batches = batches.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+      batches = parallel_map(batches, augment)
       batches = batches.batch(batch_size, drop_remainder=True)
       return batches.prefetch(self.prefetch_batches).with_options(self.options())
 
@@ -120,7 +127,7 @@ class TfdsSource:
       # drop_remainder=False hands the first hosts one extra example, like HostShard.eval_range.
       split = tfds.even_splits(self.eval_split, n=shard.count, drop_remainder=False)[shard.index]
       evaluate = lambda image, label: {"image": self.transforms.eval(image), "label": label}
-      dataset = self.read(split).map(evaluate, num_parallel_calls=tf.data.AUTOTUNE)
+      dataset = parallel_map(self.read(split), evaluate)
       dataset = dataset.batch(batch_size).prefetch(self.prefetch_batches)
       batches = dataset.with_options(self.options()).as_numpy_iterator()
     return base.pad_eval_batches(batches, batch_size, shard.num_eval_batches(total, batch_size),
