@@ -1,5 +1,6 @@
 """Tests for the PyTorch reference models (rap_flax.torch_models)."""
 
+import ast
 import json
 import math
 import pathlib
@@ -44,7 +45,7 @@ def _load_state_dict(path):
 def _expected_keys(name):
     rows = [line.split("\t") for line in (DATA / f"{name}.keys.txt").read_text().splitlines()
             if line and not line.startswith("#")]
-    return [(key.removeprefix("module."), eval(shape)) for key, shape, _ in rows]
+    return [(key.removeprefix("module."), ast.literal_eval(shape)) for key, shape, _ in rows]
 
 
 def _num_params(model):
