@@ -1,0 +1,104 @@
+"""The tf.data transforms against a PIL implementation of the upstream torchvision transforms.
+
+Tolerances, in 8-bit levels of the [0, 1] image (1 level = 1/255; ImageNet outputs are compared
+after undoing mean/std):
+- eval (Dogs, ImageNet): max 1.5, mean 0.3 (resizes agree up to PIL's fixed-point rounding);
+- Dogs train: max 3, mean 1 (PIL also rounds to uint8 after the brightness change);
+- ImageNet train: max 8, mean 0.5; the random-resized-crop box is identical. decode_and_crop_jpeg
+  upsamples chroma differently on the last column of the crop (measured up to 6 levels there);
+  the full decode is bit-identical to PIL's.
+"""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+tf = pytest.importorskip("tensorflow")
+
+from rap_flax.data import pil_reference, transforms  # noqa: E402
+
+SHAPES = [(375, 500), (500, 333), (200, 180)]
+
+
+def photo_like_jpeg(height, width, seed=0) -> bytes:
+  """Smooth colour waves, noise and a sharp-edged block: what resizing and JPEG find hard."""
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[0:height, 0:width] / max(height, width)
+  image = np.stack([np.sin(8 * x + 3 * y), np.cos(5 * y - 2 * x), np.sin(13 * x * y)], -1)
+  image = image * 90 + 128 + rng.normal(0, 12, (height, width, 3))
+  image[height // 3:height // 2, width // 4:width // 2] = [250, 20, 30]
+  buffer = io.BytesIO()
+  Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+  return buffer.getvalue()
+
+
+def levels(ours, reference, normalized=False):
+  diff = np.abs(np.asarray(ours) - reference)
+  if normalized:
+    diff = diff * pil_reference.IMAGENET_STD
+  return diff.max() * 255, diff.mean() * 255
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_eval_transforms_match_pil(shape):
+  encoded = photo_like_jpeg(*shape)
+  dogs = transforms.dogs(224).eval(tf.constant(encoded)).numpy()
+  assert dogs.shape == (224, 224, 3)
+  max_diff, mean_diff = levels(dogs, pil_reference.dogs_eval(encoded))
+  assert max_diff <= 1.5 and mean_diff <= 0.3
+  imagenet = transforms.imagenet(224).eval(tf.constant(encoded)).numpy()
+  assert imagenet.shape == (224, 224, 3)
+  max_diff, mean_diff = levels(imagenet, pil_reference.imagenet_eval(encoded), normalized=True)
+  assert max_diff <= 1.5 and mean_diff <= 0.3
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_train_transforms_match_pil_given_the_same_draws(shape):
+  encoded = photo_like_jpeg(*shape, seed=1)
+  dogs, imagenet = transforms.dogs(224), transforms.imagenet(224)
+  rng = np.random.default_rng(shape[0])
+  for _ in range(3):
+    uniforms = rng.random(imagenet.num_uniforms).astype(np.float32)
+    ours = imagenet.train(tf.constant(encoded), tf.constant(uniforms)).numpy()
+    max_diff, mean_diff = levels(ours, pil_reference.imagenet_train(encoded, uniforms), True)
+    assert max_diff <= 8 and mean_diff <= 0.5
+    ours = dogs.train(dogs.decode(tf.constant(encoded)), tf.constant(uniforms[:4])).numpy()
+    max_diff, mean_diff = levels(ours, pil_reference.dogs_train(encoded, uniforms[:4]))
+    assert max_diff <= 3 and mean_diff <= 1
+
+
+def test_random_resized_crop_box_follows_torchvision():
+  rng = np.random.default_rng(0)
+  box = lambda h, w, u: transforms.random_resized_crop_box(
+      tf.constant(h), tf.constant(w), tf.constant(u, tf.float32)).numpy().tolist()
+  for height, width in [(375, 500), (500, 333), (64, 64), (30, 400), (400, 30)]:
+    for _ in range(20):
+      uniforms = rng.random(4 * transforms.RRC_ATTEMPTS).astype(np.float32)
+      expected = pil_reference.random_resized_crop_box(height, width, uniforms)
+      assert box(height, width, uniforms) == list(expected)
+      top, left, h, w = expected
+      assert 0 <= top <= height - h and 0 <= left <= width - w
+  # No attempt fits a 10x1000 strip: the fallback is the central crop with ratio clamped to 4/3.
+  uniforms = rng.random(4 * transforms.RRC_ATTEMPTS).astype(np.float32)
+  assert box(10, 1000, uniforms) == [0, 493, 10, 13]
+
+
+def test_cifar_train_is_pad_crop_flip():
+  image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  padded = np.pad(image, ((4, 4), (4, 4), (0, 0))).astype(np.float32) / 255
+  cifar = transforms.cifar(32)
+  for uniforms, top, left, flipped in [((0.0, 0.99, 0.7), 0, 8, False),
+                                       ((0.5, 0.2, 0.1), 4, 1, True)]:
+    ours = cifar.train(tf.constant(image), tf.constant(uniforms, tf.float32)).numpy()
+    expected = padded[top:top + 32, left:left + 32]
+    np.testing.assert_allclose(ours, expected[:, ::-1] if flipped else expected, atol=1e-7)
+
+
+def test_brightness_factor_spans_0_6_to_1_4():
+  image = tf.fill([256, 256, 3], tf.constant(100, tf.uint8))
+  dogs = transforms.dogs(224)
+  for uniform, factor in [(0.0, 0.6), (0.5, 1.0), (1.0, 1.4)]:
+    out = dogs.train(image, tf.constant([0.0, 0.0, 0.9, uniform])).numpy()
+    np.testing.assert_allclose(out, 100 * factor / 255, rtol=1e-6)
