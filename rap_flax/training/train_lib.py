@@ -1,0 +1,249 @@
+"""Training loop: `train_and_evaluate(config, workdir)`.
+
+One jitted train step runs over all devices of all hosts (see parallel.py). The loop resumes
+from the latest checkpoint in `workdir`, and since the input pipeline yields the same batch
+for a given step however it was started, a resumed run follows the trajectory of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import signal
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import parameter_overview
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from rap_flax.training import checkpoint, config_lib, evaluate, metrics, optim, parallel
+from rap_flax.training import train_state as train_state_lib
+from rap_flax.training.train_state import TrainState
+
+TrainStep = Callable[[TrainState, Any], tuple[TrainState, metrics.Metrics]]
+
+
+def make_train_step(model, label_smoothing: float, mesh: Mesh) -> TrainStep:
+  """Forward, backward and SGD update on one global batch; the old state is donated."""
+
+  def train_step(state: TrainState, batch) -> tuple[TrainState, metrics.Metrics]:
+    mask = batch["mask"].astype(jnp.float32)
+
+    def loss_fn(params):
+      logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                    batch["image"], train=True, mutable=["batch_stats"])
+      outputs = metrics.per_example_outputs(logits, batch["label"], label_smoothing)
+      loss = jnp.sum(outputs["loss"] * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+      return loss, (outputs, updates["batch_stats"])
+
+    (_, (outputs, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    return state, metrics.Metrics.single_from_model_output(mask=batch["mask"], **outputs)
+
+  replicated = parallel.replicated_sharding(mesh)
+  return jax.jit(train_step, in_shardings=(replicated, parallel.data_sharding(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                              if jnp.issubdtype(x.dtype, jnp.floating)]))
+
+
+def _divergence_error(step: int, what: str, last_good: int | None) -> FloatingPointError:
+  kept = (f"The last good checkpoint (step {last_good}) is left untouched"
+          if last_good is not None else "No checkpoint was written")
+  return FloatingPointError(
+      f"Training diverged: {what} at step {step}. {kept}. Lower --config.learning_rate "
+      "(or add --config.warmup_epochs), and if --config.model.dtype=bfloat16 is on, try "
+      "float32.")
+
+
+class _Preemption:
+  """Tells whether this job was asked to stop (SIGTERM), consistently across hosts.
+
+  A single process handles SIGTERM itself. With several processes, jax's preemption service
+  (started by jax.distributed.initialize) catches the signal on any host and picks a step at
+  which all hosts stop together.
+  """
+
+  def __init__(self):
+    self._signalled = False
+
+  @contextlib.contextmanager
+  def installed(self) -> Iterator[_Preemption]:
+    if jax.process_count() > 1:
+      yield self
+      return
+    previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    try:
+      yield self
+    finally:
+      signal.signal(signal.SIGTERM, previous)
+
+  def _on_sigterm(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning("SIGTERM received: saving a checkpoint and stopping.")
+    self._signalled = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
+
+
+def _log_model_overview(state: TrainState, model, image_size: int) -> None:
+  parameter_overview.log_parameter_overview(state.params)
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  cost = jax.jit(functools.partial(model.apply, train=False)).lower(
+      state.variables, images).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  if cost and "flops" in cost:
+    logging.info("Forward pass at %dx%d: %.4g GFLOPs per image (XLA count, %.4g G "
+                 "multiply-adds).", image_size, image_size, cost["flops"] / 1e9,
+                 cost["flops"] / 2e9)
+
+
+def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  flat = config_lib._flatten(config)  # pylint: disable=protected-access
+  return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (resuming from `workdir` if it holds checkpoints), evaluates, checkpoints.
+
+  Writes TensorBoard events and checkpoints to `workdir` and, at the end, results.json with
+  the final and best validation numbers. Returns the final train state.
+  """
+  from rap_flax import data  # pylint: disable=g-import-not-at-top
+
+  config_lib.validate_config(config)
+  mesh = parallel.create_mesh()
+  replicated = parallel.replicated_sharding(mesh)
+  batch_sharding = parallel.data_sharding(mesh)
+  local_batch_size = parallel.per_host_batch_size(config.batch_size)
+  parallel.per_host_batch_size(config.eval_batch_size, "eval_batch_size")
+
+  info = data.get_dataset_info(config)
+  steps_per_epoch = info.num_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size={config.batch_size} exceeds the {info.num_train} training "
+                     f"examples of {info.name!r}; lower --config.batch_size.")
+  num_train_steps = (config.num_train_steps if config.num_train_steps > 0
+                     else math.ceil(config.num_epochs * steps_per_epoch))
+  eval_every_steps = config.eval_every_epochs * steps_per_epoch
+
+  model = train_state_lib.create_model(config, info.num_classes)
+  model_fields = train_state_lib.model_fields(config, info.num_classes)
+  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch, num_train_steps)
+  tx = optim.create_optimizer(config, learning_rate_fn)
+
+  checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
+  latest = checkpoints.latest_step()
+  if latest is None:
+    state = train_state_lib.create_train_state(model, tx, info.image_size, config.seed,
+                                               replicated)
+    best_val_top1 = None
+  else:
+    target = train_state_lib.abstract_train_state(model, tx, info.image_size, replicated)
+    state = checkpoints.restore(target, latest, model_fields)
+    best_val_top1 = checkpoints.metadata(latest).get("best_val_top1")
+  start_step = int(jax.device_get(state.step))
+
+  writer = metrics.create_writer(workdir)
+  if start_step == 0:
+    writer.write_hparams(_hparams(config))
+  logging.info("%s on %s: %d classes, %d train / %d eval images at %dpx; %d steps/epoch, "
+               "%d steps in all, starting at %d; %d device(s) on %d host(s).",
+               config.model.arch, info.name, info.num_classes, info.num_train, info.num_eval,
+               info.image_size, steps_per_epoch, num_train_steps, start_step,
+               jax.device_count(), jax.process_count())
+  if jax.process_index() == 0:
+    _log_model_overview(state, model, info.image_size)
+
+  train_step = make_train_step(model, config.label_smoothing, mesh)
+  eval_step = evaluate.make_eval_step(model, mesh)
+  train_iter = data.create_train_iterator(config, batch_size=local_batch_size,
+                                          start_step=start_step)
+  progress = metrics.Progress(num_train_steps, config.batch_size, start_step)
+  preemption = _Preemption()
+  window: metrics.Metrics | None = None
+  unchecked: tuple[int, metrics.Metrics] | None = None  # Loss not yet checked for finiteness.
+  final_eval: dict[str, Any] | None = None
+
+  def check_loss() -> None:
+    nonlocal unchecked
+    if unchecked is not None:
+      step, step_metrics = unchecked
+      loss = float(step_metrics.loss.compute())
+      if not math.isfinite(loss):
+        raise _divergence_error(step, f"the loss is {loss}", checkpoints.latest_step())
+      unchecked = None
+
+  def save(val_top1: float | None = None) -> None:
+    check_loss()
+    if not bool(_all_finite(state.variables)):
+      raise _divergence_error(int(jax.device_get(state.step)),
+                              "the parameters became non-finite", checkpoints.latest_step())
+    checkpoints.save(state, model=model_fields, best_val_top1=best_val_top1,
+                     val_top1=val_top1)
+
+  try:
+    with preemption.installed():
+      for step in range(start_step, num_train_steps):
+        batch = parallel.make_global_batch(next(train_iter), batch_sharding)
+        state, step_metrics = train_step(state, batch)
+        # Check the previous step's loss: waits for that step only, this one keeps running.
+        check_loss()
+        unchecked = (step + 1, step_metrics)
+        window = step_metrics if window is None else window.merge(step_metrics)
+        done = step + 1
+
+        if done % config.log_every_steps == 0 or done == num_train_steps:
+          check_loss()
+          scalars = {f"train_{k}": v for k, v in metrics.to_floats(window).items()}
+          scalars["learning_rate"] = float(learning_rate_fn(done - 1))
+          writer.write_scalars(done, {**scalars, **progress(done)})
+          window = None
+
+        if done % eval_every_steps == 0 or done == num_train_steps:
+          progress.pause()
+          final_eval = evaluate.evaluate(eval_step, state.variables, config, mesh)
+          if best_val_top1 is None or final_eval["top1"] > best_val_top1:
+            best_val_top1 = final_eval["top1"]
+          writer.write_scalars(done, {f"val_{k}": v for k, v in final_eval.items()}
+                               | {"val_best_top1": best_val_top1})
+          logging.info("Step %d (epoch %.2f): val top-1 %.2f%%, top-5 %.2f%%, loss %.4f "
+                       "(best top-1 %.2f%%).", done, done / steps_per_epoch,
+                       100 * final_eval["top1"], 100 * final_eval["top5"], final_eval["loss"],
+                       100 * best_val_top1)
+          save(val_top1=final_eval["top1"])
+          progress.resume()
+        elif done % config.checkpoint_every_steps == 0:
+          save()
+
+        if preemption.reached(done):
+          save()
+          checkpoints.wait_until_finished()
+          logging.warning("Stopped at step %d for preemption; checkpoint saved. Run the same "
+                          "command again to resume.", done)
+          return state
+    checkpoints.wait_until_finished()
+    if final_eval is not None:
+      evaluate.write_json(os.path.join(workdir, "results.json"), {
+          "step": num_train_steps, "final": final_eval, "best_val_top1": best_val_top1,
+          "best_step": checkpoints.best_step()})
+  finally:
+    checkpoints.wait_until_finished()
+    checkpoints.close()
+    writer.flush()
+  return state
