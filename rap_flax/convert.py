@@ -14,7 +14,6 @@ with the model given by --config=configs/NAME.py or by --arch/--attention/... fl
 
 import argparse
 import os
-import re
 import sys
 from typing import Any, Mapping
 
@@ -100,7 +99,10 @@ def _flat_variables(variables: Mapping[str, Any]):
 
 def state_dict_to_variables(state_dict: Mapping[str, Any], model: MobileNet) -> dict:
   """Upstream state dict (numpy-convertible values) -> Flax {"params", "batch_stats"}."""
-  state = {_strip_data_parallel(k): np.asarray(v) for k, v in state_dict.items()}
+  # Copies: a torch state dict shares memory with the live module's buffers, which
+  # a later train-mode forward in torch would otherwise change under our feet.
+  state = {_strip_data_parallel(k): np.array(v.detach().cpu() if hasattr(v, "detach") else v)
+           for k, v in state_dict.items()}
   flat = {"params": {}, "batch_stats": {}}
   missing, mismatched, used = [], [], set()
   for collection, path, template in _flat_variables(variable_shapes(model)):
@@ -211,3 +213,85 @@ def save_torch_checkpoint(variables: Mapping[str, Any], model: MobileNet, path: 
     import torch  # pylint: disable=g-import-not-at-top
     torch.save({"model_state_dict": to_torch_state_dict(variables, model)}, tmp)
   os.replace(tmp, path)
+
+
+def save_flax_variables(variables: Mapping[str, Any], directory: str) -> None:
+  """Writes {params, batch_stats} as an orbax checkpoint (atomic: orbax renames at the end)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory):
+    raise FileExistsError(f"{directory} exists; choose a new output directory.")
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(directory, dict(variables))
+
+
+def load_flax_variables(directory: str, model: MobileNet) -> dict:
+  """Reads an orbax checkpoint written by `save_flax_variables` for `model`."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"No orbax checkpoint directory at {directory!r}.")
+  target = variable_shapes(model)
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      return checkpointer.restore(directory, target)
+  except (ValueError, KeyError) as e:
+    raise CheckpointMismatchError(
+        f"The orbax checkpoint at {directory} does not match the requested model "
+        f"(arch={model.arch}, attention={model.attention.name}, width_multiplier="
+        f"{model.width_multiplier}, num_classes={model.num_classes}): {e}") from e
+
+
+def _model_from_args(args: argparse.Namespace) -> MobileNet:
+  from rap_flax import models  # pylint: disable=g-import-not-at-top
+  if args.config:
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    spec = importlib.util.spec_from_file_location("conversion_config", args.config)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    from rap_flax import data  # pylint: disable=g-import-not-at-top
+    num_classes = args.num_classes or data.get_dataset_info(config).num_classes
+    return models.create_model(num_classes=num_classes, **config.model.to_dict())
+  if not args.arch or not args.num_classes:
+    raise SystemExit("Describe the model: --config=configs/NAME.py, or --arch and "
+                     "--num_classes (plus --attention, --pool_types, ... as trained).")
+  return models.create_model(
+      args.arch, args.num_classes, args.attention, args.pool_types.split(","),
+      [float(r) for r in args.rates.split(",")], args.width_multiplier, args.cifar,
+      args.lightweight_head)
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+      prog="python -m rap_flax.convert",
+      description="Convert upstream PyTorch checkpoints to orbax (to-flax) and back (to-torch).")
+  parser.add_argument("direction", choices=("to-flax", "to-torch"))
+  parser.add_argument("--input", required=True,
+                      help="to-flax: .pth/.pt/.safetensors file; to-torch: orbax directory")
+  parser.add_argument("--output", required=True,
+                      help="to-flax: new orbax directory; to-torch: .pth or .safetensors file")
+  parser.add_argument("--config", help="ml_collections config file describing the model")
+  parser.add_argument("--arch", help="mobilenetv1 | mobilenetv2 | mobilenetv3_large | mobilenetv3_small")
+  parser.add_argument("--num_classes", type=int)
+  parser.add_argument("--attention", default="srap")
+  parser.add_argument("--pool_types", default="avg,std")
+  parser.add_argument("--rates", default="0.5,0.5")
+  parser.add_argument("--width_multiplier", type=float, default=1.0)
+  parser.add_argument("--cifar", action="store_true")
+  parser.add_argument("--lightweight_head", action="store_true")
+  args = parser.parse_args(argv)
+  model = _model_from_args(args)
+  if args.direction == "to-flax":
+    variables = load_torch_checkpoint(args.input, model)
+    save_flax_variables(variables, args.output)
+  else:
+    variables = load_flax_variables(args.input, model)
+    save_torch_checkpoint(variables, model, args.output)
+  count = sum(np.size(x) for x in jax.tree_util.tree_leaves(variables["params"]))
+  print(f"Converted {args.input} -> {args.output} ({model.arch} + {model.attention.name}, "
+        f"{count:,} parameters).")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
