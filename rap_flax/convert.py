@@ -156,7 +156,7 @@ def variables_to_state_dict(variables: Mapping[str, Any], model: MobileNet) -> d
 def to_torch_state_dict(variables: Mapping[str, Any], model: MobileNet):
   """Flax variables -> upstream state dict of torch.Tensor, loadable with strict=True."""
   import torch  # pylint: disable=g-import-not-at-top
-  return {k: torch.from_numpy(np.ascontiguousarray(v))
+  return {k: torch.from_numpy(np.array(v, order="C"))
           for k, v in variables_to_state_dict(variables, model).items()}
 
 
@@ -207,7 +207,7 @@ def save_torch_checkpoint(variables: Mapping[str, Any], model: MobileNet, path: 
   tmp = f"{path}.tmp-{os.getpid()}"
   if path.endswith(".safetensors"):
     from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-    save_file({k: np.ascontiguousarray(v)
+    save_file({k: np.array(v, order="C")
                for k, v in variables_to_state_dict(variables, model).items()}, tmp)
   else:
     import torch  # pylint: disable=g-import-not-at-top
