@@ -36,13 +36,15 @@ class Checkpoints:
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     policy = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
-        best_fn=_best_fn, best_mode="max", read_only=read_only,
+        best_fn=_best_fn, best_mode="max", read_only=read_only, create=not read_only,
+        save_interval_steps=0 if read_only else 1,
         preservation_policy=policy.AnyPreservationPolicy([
             policy.LatestN(n=keep),
             policy.BestN(get_metric_fn=_best_fn, n=1, keep_checkpoints_without_metrics=False),
         ]))
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state",))
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.PyTreeCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -64,7 +66,7 @@ class Checkpoints:
     if step in self._manager.all_steps():
       return
     self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+        step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)),
         metrics=None if val_top1 is None else {METRIC: float(val_top1)},
         custom_metadata={"model": model, "best_val_top1": best_val_top1}, force=True)
     logging.info("Saving checkpoint at step %d to %s.", step, self.directory)
@@ -82,8 +84,8 @@ class Checkpoints:
   def restore(self, abstract_state: TrainState, step: int, model: dict[str, Any]) -> TrainState:
     """Restores `step` onto the shapes, dtypes and shardings of `abstract_state`."""
     self.check_model(step, model)
-    restored = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))))
     logging.info("Restored checkpoint of step %d from %s.", step, self.directory)
     return restored.state
 

@@ -1,0 +1,23 @@
+"""ImageNet-100 (the authors' ReIN100 subset of ImageNet-1k), MobileNet + SRAP (avg,std).
+
+The subset of the MRAP paper's ImageNet-100 experiments (classes listed in
+imagenet_subsets/ReIN100.txt), trained with the upstream ImageNet recipe (SPEC §5; the spec
+gives no separate ImageNet-100 recipe): batch 256, SGD lr 0.1 momentum 0.9 weight decay
+1e-4, lr x0.1 every 30 epochs, 100 epochs, 224px. The architecture is the config argument,
+e.g. --config=configs/imagenet100_srap.py:mobilenetv2 (default mobilenetv1). For MRAP use
+--config.model.attention=mrap --config.model.pool_types="('avg','std','max')"
+--config.model.rates="(0.3,0.5,0.2)".
+"""
+
+from configs import imagenet_mafc
+
+
+def get_config(arch: str = "mobilenetv1"):
+  config = imagenet_mafc.get_config(arch)
+  config.dataset = "imagenet_rein100"
+  config.model.attention = "srap"
+  config.model.pool_types = ("avg", "std")
+  config.model.rates = (0.5, 0.5)
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000
+  return config
