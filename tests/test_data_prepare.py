@@ -1,43 +1,21 @@
 """Offline preparation from generated sources: Stanford Dogs (both layouts), ImageNet tars and
 the ReIN subsets, end to end through the data API; bad sources give clear errors."""
 
-import io
 import os
-import tarfile
 
 import ml_collections
 import numpy as np
 import pytest
-from PIL import Image
-
 tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
-scipy_io = pytest.importorskip("scipy.io")
+pytest.importorskip("scipy.io")
 
 from rap_flax import data  # noqa: E402
-from rap_flax.data import catalog, prepare  # noqa: E402
+from rap_flax.data import catalog, prepare, testing  # noqa: E402
 from rap_flax.data.builders import SourceError  # noqa: E402
 
 NUM_DOGS_CLASSES = 120  # tfds stanford_dogs declares exactly 120 classes
 ONE_HOST = dict(process_index=0, process_count=1)
-
-
-def jpeg(colour, shape=(20, 24)) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(np.full((*shape, 3), colour, np.uint8)).save(buffer, "JPEG", quality=95)
-  return buffer.getvalue()
-
-
-def add_to_tar(archive, name, payload):
-  info = tarfile.TarInfo(name)
-  info.size = len(payload)
-  archive.addfile(info, io.BytesIO(payload))
-
-
-def mat_file_list(paths) -> bytes:
-  buffer = io.BytesIO()
-  scipy_io.savemat(buffer, {"file_list": np.array(paths, dtype=object)})
-  return buffer.getvalue()
 
 
 def make_dogs_source(root, layout):
@@ -53,25 +31,9 @@ def make_dogs_source(root, layout):
   for c, synset in enumerate(synsets):
     for k, split in enumerate(("train", "test") if c < 6 else ("train",)):
       path = f"{synset}/{synset.split('-')[0]}_{k}.jpg"
-      images[path] = jpeg((2 * c, 100, 50), shape=(20 + c % 5, 24))
+      images[path] = testing.flat_jpeg((2 * c, 100, 50), shape=(20 + c % 5, 24))
       lists[split].append(path)
-  mats = {f"{split}_list.mat": mat_file_list(paths) for split, paths in lists.items()}
-  os.makedirs(root, exist_ok=True)
-  if layout == "upstream":
-    for path, payload in images.items():
-      os.makedirs(os.path.join(root, "Images", os.path.dirname(path)), exist_ok=True)
-      with open(os.path.join(root, "Images", path), "wb") as f:
-        f.write(payload)
-    for name, payload in mats.items():
-      with open(os.path.join(root, name), "wb") as f:
-        f.write(payload)
-  else:
-    with tarfile.open(os.path.join(root, "images.tar"), "w") as archive:
-      for path, payload in images.items():
-        add_to_tar(archive, f"Images/{path}", payload)
-    with tarfile.open(os.path.join(root, "lists.tar"), "w") as archive:
-      for name, payload in mats.items():
-        add_to_tar(archive, name, payload)
+  testing.write_stanford_dogs_source(str(root), images, lists, layout)
   return synsets
 
 
@@ -142,17 +104,11 @@ NUM_VAL = 70
 
 
 def make_ilsvrc_tars(root):
-  os.makedirs(root, exist_ok=True)
-  with tarfile.open(os.path.join(root, "ILSVRC2012_img_train.tar"), "w") as train:
-    for c, wnid in enumerate((OTHER_CLASS,) + REIN30_TRAIN_CLASSES):
-      inner = io.BytesIO()
-      with tarfile.open(fileobj=inner, mode="w") as class_tar:
-        for k in range(2):
-          add_to_tar(class_tar, f"{wnid}_{k}.JPEG", jpeg((40 * c, 10 * k, 0), shape=(16, 16)))
-      add_to_tar(train, f"{wnid}.tar", inner.getvalue())
-  with tarfile.open(os.path.join(root, "ILSVRC2012_img_val.tar"), "w") as val:
-    for k in range(1, NUM_VAL + 1):
-      add_to_tar(val, f"ILSVRC2012_val_{k:08d}.JPEG", jpeg((k, 0, 0), shape=(12, 12)))
+  classes = (OTHER_CLASS,) + REIN30_TRAIN_CLASSES
+  train = {wnid: [testing.flat_jpeg((40 * c, 10 * k, 0), (16, 16)) for k in range(2)]
+           for c, wnid in enumerate(classes)}
+  validation = [testing.flat_jpeg((k, 0, 0), (12, 12)) for k in range(1, NUM_VAL + 1)]
+  testing.write_ilsvrc_tars(str(root), train, validation)
 
 
 def test_imagenet_and_rein_subset_prepare_end_to_end(tmp_path):

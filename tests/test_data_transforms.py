@@ -9,29 +9,15 @@ after undoing mean/std):
   the full decode is bit-identical to PIL's.
 """
 
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
 
 from rap_flax.data import pil_reference, transforms  # noqa: E402
+from rap_flax.data.testing import photo_like_jpeg  # noqa: E402
 
 SHAPES = [(375, 500), (500, 333), (200, 180)]
-
-
-def photo_like_jpeg(height, width, seed=0) -> bytes:
-  """Smooth colour waves, noise and a sharp-edged block: what resizing and JPEG find hard."""
-  rng = np.random.default_rng(seed)
-  y, x = np.mgrid[0:height, 0:width] / max(height, width)
-  image = np.stack([np.sin(8 * x + 3 * y), np.cos(5 * y - 2 * x), np.sin(13 * x * y)], -1)
-  image = image * 90 + 128 + rng.normal(0, 12, (height, width, 3))
-  image[height // 3:height // 2, width // 4:width // 2] = [250, 20, 30]
-  buffer = io.BytesIO()
-  Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
-  return buffer.getvalue()
 
 
 def levels(ours, reference, normalized=False):
