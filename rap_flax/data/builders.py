@@ -16,6 +16,7 @@ import collections
 import dataclasses
 import io
 import os
+import pathlib
 import tarfile
 import xml.etree.ElementTree as ET
 from typing import Callable, Iterator
@@ -60,8 +61,8 @@ def _mat_file_list(name: str, data: bytes) -> list[str]:
   return files
 
 
-def _check_all_present(listed: list[str], available: set[str], where: str) -> None:
-  missing = [path for path in listed if path not in available]
+def _check_all_present(listed: list[str], is_present: Callable[[str], bool], where: str) -> None:
+  missing = [path for path in listed if not is_present(path)]
   if missing:
     raise SourceError(f"{len(missing)} images listed in the .mat files are missing from {where}, "
                       f"e.g. {missing[:3]}.")
@@ -83,7 +84,7 @@ def _tar_source(source: str) -> DogsSource:
       raise SourceError(f"{lists_tar} has no {name}; it holds {sorted(lists)}.")
   train, test = (_mat_file_list(f"{lists_tar}:{name}", lists[name])
                  for name in ("train_list.mat", "test_list.mat"))
-  _check_all_present(train + test, in_archive, images_tar)
+  _check_all_present(train + test, in_archive.__contains__, images_tar)
 
   def iter_images():
     with tarfile.open(images_tar) as archive:
@@ -96,11 +97,11 @@ def _tar_source(source: str) -> DogsSource:
 
 def _dir_source(source: str) -> DogsSource:
   images_dir = os.path.join(source, "Images")
-  train, test = (_mat_file_list(path, open(path, "rb").read())
+  train, test = (_mat_file_list(path, pathlib.Path(path).read_bytes())
                  for path in (os.path.join(source, "train_list.mat"),
                               os.path.join(source, "test_list.mat")))
-  _check_all_present(train + test, {path for path in train + test
-                                    if os.path.isfile(os.path.join(images_dir, path))}, images_dir)
+  _check_all_present(train + test, lambda path: os.path.isfile(os.path.join(images_dir, path)),
+                     images_dir)
 
   def iter_images():
     for path in sorted(set(train + test)):
@@ -110,18 +111,23 @@ def _dir_source(source: str) -> DogsSource:
   return DogsSource(train, test, iter_images)
 
 
-def find_dogs_source(source: str) -> DogsSource:
-  """Validates a Stanford Dogs source directory in either supported layout."""
+def dogs_layout(source: str) -> str:
+  """"tars" or "upstream", whichever set of Stanford Dogs files `source` holds."""
   has = lambda name: os.path.exists(os.path.join(source, name.rstrip("/")))
   if all(has(name) for name in DOGS_TAR_FILES):
-    return _tar_source(source)
+    return "tars"
   if all(has(name) for name in DOGS_DIR_FILES):
-    return _dir_source(source)
+    return "upstream"
   found = sorted(os.listdir(source)) if os.path.isdir(source) else "(not a directory)"
   raise SourceError(
       f"{source} is not a Stanford Dogs source. Expected either {' + '.join(DOGS_TAR_FILES)} "
       f"(from http://vision.stanford.edu/aditya86/ImageNetDogs/) or the upstream layout "
       f"{' + '.join(DOGS_DIR_FILES)}; found: {found}.")
+
+
+def find_dogs_source(source: str) -> DogsSource:
+  """Reads and checks the lists of a Stanford Dogs source in either supported layout."""
+  return _tar_source(source) if dogs_layout(source) == "tars" else _dir_source(source)
 
 
 class StanfordDogsFromSource(tfds.builder_cls("stanford_dogs"), skip_registration=True):

@@ -52,6 +52,7 @@ def prepare(dataset: str, source: str | None = None, data_dir: str | None = None
     raise ValueError(f"{dataset} takes no --source.")
   download_config = None
   if dataset == "stanford_dogs":
+    builders.dogs_layout(source)  # fail before tfds does, with a message naming the files
     builder = builders.StanfordDogsFromSource(data_dir=data_dir)
   elif dataset == "imagenet2012":
     _check_imagenet_source(source)
