@@ -14,6 +14,17 @@ import numpy as np
 
 Batch = dict[str, np.ndarray]
 
+# The upstream torchvision transforms' constants (SPEC section 5), shared by the tf.data
+# transforms and their PIL reference.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_RATIO = 256 / 224  # resize to 256 before cropping 224; kept for other crop sizes
+RRC_SCALE = (0.08, 1.0)  # RandomResizedCrop area fraction
+RRC_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop aspect ratio
+RRC_ATTEMPTS = 10  # boxes RandomResizedCrop tries before falling back to a centre crop
+BRIGHTNESS = 0.4  # ColorJitter(brightness=0.4): factor uniform in [0.6, 1.4]
+CIFAR_PAD = 4
+
 # Fields the data module reads from the top level of the config, with the value used when the
 # config does not set them. image_size None means "the dataset's own default".
 CONFIG_DEFAULTS: dict[str, Any] = {

@@ -13,9 +13,11 @@ import math
 import numpy as np
 from PIL import Image, ImageEnhance
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-RRC_ATTEMPTS = 10
+from rap_flax.data import base
+from rap_flax.data.base import BRIGHTNESS, RRC_ATTEMPTS, RRC_RATIO, RRC_SCALE
+
+IMAGENET_MEAN = np.array(base.IMAGENET_MEAN, np.float32)
+IMAGENET_STD = np.array(base.IMAGENET_STD, np.float32)
 
 
 def load_rgb(encoded: bytes) -> Image.Image:
@@ -49,7 +51,7 @@ def resize_short_side(image: Image.Image, size: int) -> Image.Image:
 
 
 def random_resized_crop_box(height: int, width: int, uniforms: np.ndarray,
-                            scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+                            scale=RRC_SCALE, ratio=RRC_RATIO) -> tuple[int, int, int, int]:
   """RandomResizedCrop.get_params -> (top, left, h, w); uniforms: 4 x RRC_ATTEMPTS."""
   u = np.asarray(uniforms).reshape(4, RRC_ATTEMPTS)
   log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -83,7 +85,7 @@ def dogs_train(encoded: bytes, uniforms: np.ndarray, size: int = 224,
   top = int(uniforms[0] * (resized - size + 1))
   left = int(uniforms[1] * (resized - size + 1))
   image = flip(image.crop((left, top, left + size, top + size)), uniforms[2])
-  image = ImageEnhance.Brightness(image).enhance(0.6 + 0.8 * uniforms[3])
+  image = ImageEnhance.Brightness(image).enhance(1 - BRIGHTNESS + 2 * BRIGHTNESS * uniforms[3])
   return to_array(image)
 
 

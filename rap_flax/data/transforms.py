@@ -15,14 +15,10 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE_RATIO = 256 / 224  # Upstream resizes to 256 before cropping 224; kept for other sizes.
-RRC_SCALE = (0.08, 1.0)
-RRC_LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
-RRC_ATTEMPTS = 10  # torchvision RandomResizedCrop tries 10 boxes, then falls back to a centre crop
-BRIGHTNESS = 0.4  # ColorJitter(brightness=0.4): factor uniform in [0.6, 1.4]
-CIFAR_PAD = 4
+from rap_flax.data.base import (BRIGHTNESS, CIFAR_PAD, IMAGENET_MEAN, IMAGENET_STD,
+                                RESIZE_RATIO, RRC_ATTEMPTS, RRC_RATIO, RRC_SCALE)
+
+RRC_LOG_RATIO = (math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1]))
 
 
 def example_key(seed: int, epoch: tf.Tensor | int, position: tf.Tensor) -> tf.Tensor:
@@ -99,7 +95,7 @@ def random_resized_crop_box(height: tf.Tensor, width: tf.Tensor, uniforms: tf.Te
   first = tf.argmax(tf.cast(fits, tf.int32))
   sampled = tf.stack([tops[first], lefts[first], crop_h[first], crop_w[first]])
 
-  min_ratio, max_ratio = math.exp(RRC_LOG_RATIO[0]), math.exp(RRC_LOG_RATIO[1])
+  min_ratio, max_ratio = RRC_RATIO
   in_ratio = w_f / h_f
   fallback_w = tf.where(in_ratio > max_ratio, tf.cast(tf.round(h_f * max_ratio), tf.int32), width)
   fallback_h = tf.where(in_ratio < min_ratio, tf.cast(tf.round(w_f / min_ratio), tf.int32), height)
