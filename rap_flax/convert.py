@@ -250,8 +250,7 @@ def _model_from_args(args: argparse.Namespace) -> MobileNet:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    from rap_flax import data  # pylint: disable=g-import-not-at-top
-    num_classes = args.num_classes or data.get_dataset_info(config).num_classes
+    num_classes = args.num_classes or _dataset_num_classes(config)
     return models.create_model(num_classes=num_classes, **config.model.to_dict())
   if not args.arch or not args.num_classes:
     raise SystemExit("Describe the model: --config=configs/NAME.py, or --arch and "
@@ -260,6 +259,14 @@ def _model_from_args(args: argparse.Namespace) -> MobileNet:
       args.arch, args.num_classes, args.attention, args.pool_types.split(","),
       [float(r) for r in args.rates.split(",")], args.width_multiplier, args.cifar,
       args.lightweight_head)
+
+
+def _dataset_num_classes(config) -> int:
+  """From the dataset catalog when it lists the dataset: no need to have the data here."""
+  from rap_flax import data  # pylint: disable=g-import-not-at-top
+  from rap_flax.data import catalog  # pylint: disable=g-import-not-at-top
+  entry = catalog.TFDS_DATASETS.get(config.dataset)
+  return entry.num_classes if entry else data.get_dataset_info(config).num_classes
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -108,3 +108,28 @@ def test_cli_round_trip_through_orbax(tmp_path, capsys):
   wrong = models.create_model("mobilenetv1", 10, "mafc", width_multiplier=0.25)
   with pytest.raises(convert.CheckpointMismatchError):
     convert.load_flax_variables(str(orbax_dir), wrong)
+
+
+def test_cli_reads_the_model_from_a_config_file(tmp_path):
+  name = "srap_v1_w025_cifar"
+  config_file = tmp_path / "config.py"
+  config_file.write_text(
+      "from rap_flax.training import config_lib\n"
+      "def get_config():\n"
+      "  config = config_lib.base_config()\n"
+      "  config.dataset = 'digits'  # 10 classes, like the golden case\n"
+      "  config.model.arch = 'mobilenetv1'\n"
+      "  config.model.width_multiplier = 0.25\n"
+      "  config.model.cifar = True\n"
+      "  config.model.lightweight_head = True\n"
+      "  return config\n")
+  exported = tmp_path / "model.safetensors"
+  convert.main(["to-flax", "--input", str(golden.checkpoint_path(name)),
+                "--output", str(tmp_path / "orbax"), "--config", str(config_file)])
+  convert.main(["to-torch", "--input", str(tmp_path / "orbax"), "--output", str(exported),
+                "--config", str(config_file)])
+  from safetensors.numpy import load_file
+  state = load_file(exported)
+  original = golden.upstream_state_dict(name)
+  assert set(state) == set(original)
+  assert all(np.array_equal(state[k], original[k].numpy()) for k in original)
