@@ -11,6 +11,15 @@ from rap_flax import models
 DATA = pathlib.Path(__file__).parent / "data"
 CASES = json.loads((DATA / "cases.json").read_text())
 CASE_NAMES = [case["name"] for case in CASES]
+# SPEC §3: torch sum(p.numel()) of the upstream models, 120 classes, w=1, 224, heavy head.
+UPSTREAM_PARAMETER_COUNTS = [
+    ("mobilenetv1", ("avg", "std"), (0.5, 0.5), 3_685_352),
+    ("mobilenetv2", ("avg", "std"), (0.5, 0.5), 2_952_000),
+    ("mobilenetv3_large", ("avg", "std"), (0.5, 0.5), 3_223_626),
+    ("mobilenetv1", ("avg", "std", "max"), (0.3, 0.5, 0.2), 3_685_989),
+    ("mobilenetv2", ("avg", "std", "max"), (0.3, 0.5, 0.2), 2_952_833),
+    ("mobilenetv3_large", ("avg", "std", "max"), (0.3, 0.5, 0.2), 3_224_018),
+]
 
 
 def case(name: str) -> dict:

@@ -29,14 +29,7 @@ def test_golden_parameter_count(name):
   assert sum(x.size for x in jax.tree_util.tree_leaves(shapes["params"])) == case["num_params"]
 
 
-@pytest.mark.parametrize("arch, pool_types, rates, expected", [
-    ("mobilenetv1", ("avg", "std"), (0.5, 0.5), 3_685_352),
-    ("mobilenetv2", ("avg", "std"), (0.5, 0.5), 2_952_000),
-    ("mobilenetv3_large", ("avg", "std"), (0.5, 0.5), 3_223_626),
-    ("mobilenetv1", ("avg", "std", "max"), (0.3, 0.5, 0.2), 3_685_989),
-    ("mobilenetv2", ("avg", "std", "max"), (0.3, 0.5, 0.2), 2_952_833),
-    ("mobilenetv3_large", ("avg", "std", "max"), (0.3, 0.5, 0.2), 3_224_018),
-])
+@pytest.mark.parametrize("arch, pool_types, rates, expected", golden.UPSTREAM_PARAMETER_COUNTS)
 def test_parameter_counts_equal_upstream(arch, pool_types, rates, expected):
   model = models.create_model(arch, 120, "srap", pool_types, rates)
   shapes = convert.variable_shapes(model)

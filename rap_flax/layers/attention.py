@@ -122,6 +122,17 @@ def channel_mlp(z: jax.Array, hidden: int, features: int) -> jax.Array:
   return nn.Dense(features, kernel_init=linear_init, name="mlp_out")(z)
 
 
+def _channel_then_spatial(module: nn.Module, x: jax.Array, channel_weight: jax.Array,
+                          spatial_pool_types: Sequence[str], train: bool) -> jax.Array:
+  """x * channel_weight, then times sigmoid(spatial_conv_bn(maps of that)): MAFC and CBAM."""
+  gated = x.astype(jnp.float32) * channel_weight[:, None, None, :]
+  spatial_weight = nn.sigmoid(
+      spatial_conv_bn(spatial_descriptors(gated, spatial_pool_types), train))
+  _sow_maps(module, spatial_weight,
+            jnp.mean(channel_weight, axis=-1)[:, None, None] * spatial_weight)
+  return (gated * spatial_weight[..., None]).astype(x.dtype)
+
+
 class ResidualAttentivePatterns(nn.Module):
   """The SRAP / MRAP gate (one module upstream under two names), SPEC §1."""
   pool_types: tuple[str, ...] = ("avg", "std")
@@ -159,11 +170,7 @@ class MAFC(nn.Module):
     x32 = x.astype(jnp.float32)
     accumulated = jnp.concatenate(channel_descriptors(x32, self.pool_types), axis=-1)
     channel_weight = nn.sigmoid(channel_mlp(accumulated, hidden_width(channels), channels))
-    x32 = x32 * channel_weight[:, None, None, :]
-    spatial_weight = nn.sigmoid(spatial_conv_bn(spatial_descriptors(x32, self.pool_types), train))
-    _sow_maps(self, spatial_weight,
-              jnp.mean(channel_weight, axis=-1)[:, None, None] * spatial_weight)
-    return (x32 * spatial_weight[..., None]).astype(x.dtype)
+    return _channel_then_spatial(self, x, channel_weight, self.pool_types, train)
 
 
 class CBAM(nn.Module):
@@ -177,11 +184,7 @@ class CBAM(nn.Module):
     avg_logits, max_logits = jnp.split(
         channel_mlp(pooled, hidden_width(channels), channels), 2, axis=0)
     channel_weight = nn.sigmoid(avg_logits + max_logits)
-    x32 = x32 * channel_weight[:, None, None, :]
-    spatial_weight = nn.sigmoid(spatial_conv_bn(spatial_descriptors(x32, ("max", "avg")), train))
-    _sow_maps(self, spatial_weight,
-              jnp.mean(channel_weight, axis=-1)[:, None, None] * spatial_weight)
-    return (x32 * spatial_weight[..., None]).astype(x.dtype)
+    return _channel_then_spatial(self, x, channel_weight, ("max", "avg"), train)
 
 
 class SqueezeExcite(nn.Module):
