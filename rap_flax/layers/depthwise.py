@@ -48,9 +48,12 @@ IMPLEMENTATIONS = ("grouped", "shifted", "shifted_vjp")
 DEFAULT_IMPLEMENTATION = {"cpu": "shifted_vjp", "gpu": "grouped", "tpu": "grouped"}
 _FALLBACK_IMPLEMENTATION = "grouped"
 
-# Output rows whose kernel-gradient products are summed inside the fused elementwise pass
-# of shifted_vjp before the remaining reduction; 16 was fastest among 4/8/16 on CPU.
-_WEIGHT_GRAD_ROW_BLOCK = 16
+# shifted_vjp switches to its run-time-optimised path (border/interior split, blocked
+# kernel gradient) from this many input elements on; below, compile time dominates.
+_LARGE_MIN_ELEMENTS = 1 << 21
+# Bound on taps * rows summed in one fused pass of the blocked kernel gradient: 16 rows
+# for 3x3 was fastest among 4/8/16 rows, and compile time grows with the product.
+_MAX_BLOCK_TERMS = 144
 
 
 def resolve_implementation(implementation: str, backend: str | None = None) -> str:
@@ -74,11 +77,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: int = 1,
   """
   implementation = resolve_implementation(implementation)
   _check_operands(x, kernel, strides)
-  if implementation == "grouped":
-    return _grouped(x, kernel, strides)
-  if implementation == "shifted":
-    return _shifted(x, kernel, strides)
-  return _shifted_vjp(x, kernel, strides)
+  return _JITTED[implementation](x, kernel, strides)
 
 
 def _check_operands(x, kernel, strides):
@@ -114,8 +113,40 @@ def _grouped(x, kernel, strides):
       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
 
 
+def _interior(size, window, before, stride, out):
+  """Output positions [lo, hi) whose window lies inside [0, size) (no zero padding read)."""
+  lo = min(max(0, -(-before // stride)), out)
+  hi = max(min((size - window + before) // stride + 1, out), lo)
+  return lo, hi
+
+
+def _split(lo, hi, out):
+  """[0, out) as the border before the interior, the interior and the border after."""
+  return [(a, b) for a, b in ((0, lo), (lo, hi), (hi, out)) if b > a]
+
+
+def _source_window(src, rows, cols, before, window, stride):
+  """The part of zero-extended `src` read by outputs `rows` x `cols`, with its origin.
+
+  Returns (array, row0, col0) such that zero-extended src[s * o + i - before] is
+  array[row0 + s * (o - rows[0]) + i]. Inside `src` that is `src` itself (no copy); near
+  the border it is a small zero-padded copy of the window.
+  """
+  extents = []
+  for (o0, o1), b, k, size in zip((rows, cols), before, window, src.shape[1:3]):
+    start = stride * o0 - b
+    extents.append((start, stride * (o1 - 1) - b + k, size))
+  if all(0 <= start and stop <= size for start, stop, size in extents):
+    return src, extents[0][0], extents[1][0]
+  (r0, r1, h), (c0, c1, w) = extents
+  inside = src[:, max(r0, 0):min(r1, h), max(c0, 0):min(c1, w), :]
+  padded = jnp.pad(inside, ((0, 0), (max(0, -r0), max(0, r1 - h)), (max(0, -c0), max(0, c1 - w)),
+                            (0, 0)))
+  return padded, 0, 0
+
+
 def _strided_window(a, row, col, rows, cols, row_step, col_step):
-  """a[:, row::row_step][:rows], a[:, :, col::col_step][:, :, :cols] in one slice."""
+  """a[:, row::row_step][:, :rows], a[:, :, col::col_step][:, :, :cols] in one slice."""
   n, _, _, c = a.shape
   return lax.slice(
       a, (0, row, col, 0),
@@ -123,103 +154,207 @@ def _strided_window(a, row, col, rows, cols, row_step, col_step):
       (1, row_step, col_step, 1))
 
 
-def _shifted(x, kernel, strides):
+def _regions(src_shape, window, before, stride, out_shape, split_border):
+  """Row ranges and column ranges of the output: the whole of it, or border | interior."""
+  if not split_border:
+    return [(0, out_shape[0])], [(0, out_shape[1])]
+  return tuple(_split(*_interior(src_shape[d + 1], window[d], before[d], stride, out_shape[d]),
+                      out_shape[d]) for d in (0, 1))
+
+
+def _correlate(src, taps, out_shape, before, stride, acc_dtype, split_border):
+  """out[o, p] = sum_ij src[s * o + i - before[0], s * p + j - before[1]] * taps[i, j].
+
+  `src` is NHWC and read as zero outside its extent; taps is (kh, kw, C). With
+  `split_border` the zero padding is never materialised for the whole tensor: the output
+  is assembled from the interior, which reads `src` directly, and thin border strips,
+  which read small padded copies. Padding a large activation costs a full extra pass
+  (measured: the stride-2 forward at 112x112x64 ran up to 10x slower on CPU); on small
+  ones the single padded region compiles much faster.
+  """
+  kh, kw = taps.shape[:2]
+  taps = taps.astype(acc_dtype)
+  row_parts, col_parts = _regions(src.shape, (kh, kw), before, stride, out_shape, split_border)
+
+  def region(rows, cols):
+    window, row0, col0 = _source_window(src, rows, cols, before, (kh, kw), stride)
+    window = window.astype(acc_dtype)
+    out = None
+    for i in range(kh):
+      for j in range(kw):
+        term = _strided_window(window, row0 + i, col0 + j, rows[1] - rows[0],
+                               cols[1] - cols[0], stride, stride) * taps[i, j]
+        out = term if out is None else out + term
+    return out
+
+  def concat(parts, axis):
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
+
+  return concat([concat([region(rows, cols) for cols in col_parts], axis=2)
+                 for rows in row_parts], axis=1)
+
+
+def _is_large(x_shape, kernel_shape):
+  """Whether shifted_vjp takes its run-time-optimised (slower to compile) path."""
+  n, h, w, c = x_shape
+  kh, kw = kernel_shape[:2]
+  return n * h * w * c >= _LARGE_MIN_ELEMENTS and h >= 4 * kh and w >= 4 * kw
+
+
+def _shifted_sum(x, kernel, strides, split_border):
   kh, kw = kernel.shape[:2]
   ph, pw = _padding(kernel.shape)
-  ho = _output_size(x.shape[1], kh, ph, strides)
-  wo = _output_size(x.shape[2], kw, pw, strides)
-  acc_dtype = _accumulation_dtype(x.dtype)
-  xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))).astype(acc_dtype)
-  taps = kernel[:, :, 0, :].astype(acc_dtype)
-  out = None
-  for i in range(kh):
-    for j in range(kw):
-      term = _strided_window(xp, i, j, ho, wo, strides, strides) * taps[i, j]
-      out = term if out is None else out + term
-  return out.astype(x.dtype)
+  out_shape = (_output_size(x.shape[1], kh, ph, strides),
+               _output_size(x.shape[2], kw, pw, strides))
+  y = _correlate(x, kernel[:, :, 0, :], out_shape, (ph, pw), strides,
+                 _accumulation_dtype(x.dtype), split_border)
+  return y.astype(x.dtype)
+
+
+def _shifted(x, kernel, strides):
+  return _shifted_sum(x, kernel, strides, split_border=False)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _shifted_vjp(x, kernel, strides):
-  return _shifted(x, kernel, strides)
+  return _shifted_sum(x, kernel, strides, _is_large(x.shape, kernel.shape))
 
 
 def _shifted_vjp_forward(x, kernel, strides):
-  return _shifted(x, kernel, strides), (x, kernel)
+  return _shifted_vjp(x, kernel, strides), (x, kernel)
 
 
 def _shifted_vjp_backward(strides, residuals, grad_out):
   x, kernel = residuals
-  return (_input_grad(grad_out, kernel, x.shape, strides).astype(x.dtype),
-          _kernel_grad(x, grad_out, kernel.shape, strides).astype(kernel.dtype))
+  split_border = _is_large(x.shape, kernel.shape)
+  return (_input_grad(grad_out, kernel, x.shape, strides, split_border).astype(x.dtype),
+          _kernel_grad(x, grad_out, kernel.shape, strides, split_border).astype(kernel.dtype))
 
 
 _shifted_vjp.defvjp(_shifted_vjp_forward, _shifted_vjp_backward)
 
 
-def _input_grad(grad_out, kernel, x_shape, s):
-  """Transposed depthwise conv, one stride phase at a time.
+def _phase_taps(k, pad, stride, phase):
+  """Taps of the transposed conv that reach input rows u = stride * a + phase.
 
-  Padded-input position u = s * a + r only receives taps i = r + s * m, from output
-  a - m, so each phase (r, q) is a stride-1 correlation of grad_out with the taps
-  kernel[r::s, q::s]. The phases are interleaved and the padding cropped.
+  Padded row u + pad = stride * o + i, so i = rho + stride * m with
+  rho = (phase + pad) % stride and o = a + (phase + pad) // stride - m. As a correlation
+  over a (see _correlate) that is the taps i = rho, rho + stride, ... in reverse order,
+  read with `before` = (their count - 1) - (phase + pad) // stride.
+  Returns (rho, count, before).
+  """
+  rho = (phase + pad) % stride
+  count = len(range(rho, k, stride))
+  return rho, count, count - 1 - (phase + pad) // stride
+
+
+def _input_grad(grad_out, kernel, x_shape, s, split_border):
+  """Transposed depthwise conv, one stride phase of the input at a time.
+
+  Input rows s * a + r only receive the taps i = (r + pad) mod s + s * m, so each phase is
+  a stride-1 correlation of grad_out with a sub-kernel (all of it, flipped, at stride 1);
+  the phases are then interleaved.
   """
   n, h, w, c = x_shape
   kh, kw = kernel.shape[:2]
   ph, pw = _padding(kernel.shape)
-  ho, wo = grad_out.shape[1:3]
   acc_dtype = _accumulation_dtype(grad_out.dtype)
-  taps = kernel[:, :, 0, :].astype(acc_dtype)
-  # Phase grids cover the padded input: rows s * a + r for a < rows_a.
-  rows_a = -(-(h + 2 * ph) // s)
-  cols_b = -(-(w + 2 * pw) // s)
-  # Taps per phase are at most ceil(k / s): pad grad_out so that a - m stays in range.
-  mh, mw = -(-kh // s), -(-kw // s)
-  gp = jnp.pad(grad_out.astype(acc_dtype),
-               ((0, 0), (mh - 1, max(0, rows_a - ho)), (mw - 1, max(0, cols_b - wo)), (0, 0)))
+  phase_rows, phase_cols = -(-h // s), -(-w // s)
   phases = []
   for r in range(s):
+    row_first, row_count, row_before = _phase_taps(kh, ph, s, r)
     row = []
     for q in range(s):
-      acc = jnp.zeros((n, rows_a, cols_b, c), acc_dtype)
-      for m in range(len(range(r, kh, s))):
-        for l in range(len(range(q, kw, s))):
-          window = _strided_window(gp, mh - 1 - m, mw - 1 - l, rows_a, cols_b, 1, 1)
-          acc = acc + window * taps[r + s * m, q + s * l]
-      row.append(acc)
+      col_first, col_count, col_before = _phase_taps(kw, pw, s, q)
+      if row_count and col_count:
+        taps = kernel[row_first::s, col_first::s, 0, :][::-1, ::-1]
+        row.append(_correlate(grad_out, taps, (phase_rows, phase_cols),
+                              (row_before, col_before), 1, acc_dtype, split_border))
+      else:  # stride larger than the kernel: no tap reaches this phase
+        row.append(jnp.zeros((n, phase_rows, phase_cols, c), acc_dtype))
     phases.append(jnp.stack(row, axis=3))
-  # (n, rows_a, s, cols_b, s, c) -> interleaved rows/cols of the padded input.
-  padded = jnp.stack(phases, axis=2).reshape(n, rows_a * s, cols_b * s, c)
-  return padded[:, ph:ph + h, pw:pw + w, :]
+  # (n, phase_rows, s, phase_cols, s, c): row s * a + r of the input is phases[r][:, a].
+  grad = jnp.stack(phases, axis=2).reshape(n, phase_rows * s, phase_cols * s, c)
+  return grad[:, :h, :w, :]
 
 
-def _kernel_grad(x, grad_out, kernel_shape, s):
-  """sum over (n, oh, ow) of x_pad[n, s*oh + i, s*ow + j] * grad_out[n, oh, ow] per tap."""
-  n, h, w, c = x.shape
+def _kernel_grad(x, grad_out, kernel_shape, s, split_border):
+  """sum over (n, o, p) of x[n, s*o + i - ph, s*p + j - pw] * grad_out[n, o, p] per tap.
+
+  Without `split_border`: one region over a padded copy of x. With it (x is never padded
+  as a whole, see _correlate): the interior in row blocks, and the four thin border
+  strips (top and bottom full width, left and right beside the interior) with one row
+  per block, which keeps their share of the compile time small.
+  """
   kh, kw = kernel_shape[:2]
   ph, pw = _padding(kernel_shape)
   ho, wo = grad_out.shape[1:3]
   acc_dtype = _accumulation_dtype(grad_out.dtype)
-  block = min(_WEIGHT_GRAD_ROW_BLOCK, ho)
-  blocks = -(-ho // block)
-  gp = jnp.pad(grad_out.astype(acc_dtype), ((0, 0), (0, blocks * block - ho), (0, 0), (0, 0)))
-  rows_needed = s * (blocks * block - 1) + kh
-  cols_needed = s * (wo - 1) + kw
-  xp = jnp.pad(x.astype(acc_dtype),
-               ((0, 0), (ph, max(0, rows_needed - h - ph)), (pw, max(0, cols_needed - w - pw)),
-                (0, 0)))
+  if split_border:
+    (r0, r1), (c0, c1) = (_interior(x.shape[d + 1], kernel_shape[d], (ph, pw)[d], s,
+                                    grad_out.shape[d + 1]) for d in (0, 1))
+    regions = [((r0, r1), (c0, c1), _MAX_BLOCK_TERMS)] + [
+        (rows, cols, kh * kw)
+        for rows, cols in (((0, r0), (0, wo)), ((r1, ho), (0, wo)), ((r0, r1), (0, c0)),
+                           ((r0, r1), (c1, wo)))
+        if rows[1] > rows[0] and cols[1] > cols[0]]
+  else:
+    regions = [((0, ho), (0, wo), _MAX_BLOCK_TERMS)]
+  total = 0.0
+  for rows, cols, max_terms in regions:
+    window, row0, col0 = _source_window(x, rows, cols, (ph, pw), (kh, kw), s)
+    grad = grad_out[:, rows[0]:rows[1], cols[0]:cols[1], :]
+    total = total + _blocked_tap_sums(window.astype(acc_dtype), row0, col0,
+                                      grad.astype(acc_dtype), kh, kw, s, max_terms)
+  return total.reshape(kh, kw, 1, x.shape[-1])
+
+
+def _blocked_tap_sums(window, row0, col0, grad, kh, kw, s, max_terms):
+  """(kh * kw, C): per tap, the sum of the shifted window times grad.
+
+  Autodiff of the shifted forward reduces each tap's product separately, and XLA:CPU
+  fuses slices into elementwise loops but not into reductions, so each of those kh * kw
+  reductions first copies a slice: ~3 * kh * kw passes over the activations. Here each
+  tap's products are summed over `block` output rows with explicit adds inside one fused
+  elementwise pass, with the taps stacked next to the channels, and only these partial
+  sums (kh * kw / block of the data) are reduced. Rows beyond a whole number of blocks
+  form one more, shorter block.
+  """
+  height, width = grad.shape[1:3]
+  block = _row_block(height, kh * kw, max_terms)
+  blocks = height // block
   partial_sums = []
   for i in range(kh):
     for j in range(kw):
       acc = None
       for r in range(block):
-        term = (_strided_window(xp, i + s * r, j, blocks, wo, s * block, s) *
-                _strided_window(gp, r, 0, blocks, wo, block, 1))
+        term = (_strided_window(window, row0 + s * r + i, col0 + j, blocks, width, s * block, s) *
+                _strided_window(grad, r, 0, blocks, width, block, 1))
         acc = term if acc is None else acc + term
       partial_sums.append(acc)
-  # Taps next to channels keep one output position's taps in the same cache lines.
-  stacked = jnp.stack(partial_sums, axis=3)  # (n, blocks, wo, kh * kw, c)
-  return jnp.sum(stacked, axis=(0, 1, 2)).reshape(kh, kw, 1, c)
+  stacked = jnp.stack(partial_sums, axis=3)  # (n, blocks, width, kh * kw, C)
+  sums = jnp.sum(stacked, axis=(0, 1, 2))
+  done = blocks * block
+  if done < height:
+    sums = sums + _blocked_tap_sums(window, row0 + s * done, col0, grad[:, done:], kh, kw, s,
+                                    max_terms)
+  return sums
+
+
+def _row_block(height, taps, max_terms):
+  """Rows per block: <= max_terms / taps, preferring a divisor of `height`."""
+  limit = max(1, min(height, max_terms // taps))
+  for block in range(limit, (limit + 1) // 2 - 1, -1):
+    if height % block == 0:
+      return block
+  return limit
+
+
+# Jitted so that eager calls (model.init, un-jitted tests) compile the many slices of the
+# shifted implementations once per shape instead of dispatching them one by one; inside
+# an outer jit this is inlined.
+_JITTED = {name: jax.jit(fn, static_argnums=2) for name, fn in
+           (("grouped", _grouped), ("shifted", _shifted), ("shifted_vjp", _shifted_vjp))}
 
 
 class DepthwiseConv(nn.Module):
