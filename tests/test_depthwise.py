@@ -26,13 +26,14 @@ CASES = (
     (7, 1, 7, 8, 3),
     (7, 2, 10, 10, 16),
 )
-# Sizes above 4 * kernel that shifted_vjp's run-time-optimised path handles when forced
-# on: border/interior split, blocked kernel gradient with (19 rows: 17 interior rows =
-# one 16-row block + 1 row) and without (26 -> 13 output rows: 12 interior rows) a
-# remainder block.
-LARGE_PATH_CASES = (
-    (3, 1, 19, 14, 3),
-    (3, 2, 26, 25, 2),
+# shifted_vjp's blocked kernel gradient with as many rows per block as allowed (16 for
+# 3x3), with and without its border/interior split (forced on below its size threshold;
+# needs sizes >= 4 * kernel). 19 rows: 17 interior rows = one 16-row block + a 1-row
+# remainder block; 26 -> 13 output rows: 12 interior rows; 13 -> 7 rows: one 7-row block.
+BLOCKED_CASES = (
+    ((3, 1, 19, 14, 3), True),
+    ((3, 2, 26, 25, 2), True),
+    ((3, 2, 13, 12, 2), False),
 )
 
 
@@ -102,11 +103,14 @@ def test_matches_torch_groups_conv(implementation, case):
     _assert_close(a, b, what=name)
 
 
-@pytest.mark.parametrize("case", LARGE_PATH_CASES, ids=_case_id)
-def test_shifted_vjp_large_path_matches_grouped(monkeypatch, case):
-  monkeypatch.setattr(depthwise, "_LARGE_MIN_ELEMENTS", 0)
+@pytest.mark.parametrize("case, split_border", BLOCKED_CASES,
+                         ids=lambda v: _case_id(v) if isinstance(v, tuple) else f"split{v}")
+def test_shifted_vjp_blocked_paths_match_grouped(monkeypatch, case, split_border):
+  monkeypatch.setattr(depthwise, "_MAX_PARTIAL_SUM_ELEMENTS", 1)
+  if split_border:
+    monkeypatch.setattr(depthwise, "_LARGE_MIN_ELEMENTS", 0)
   x, kernel = _inputs(case)
-  assert depthwise._is_large(x.shape, kernel.shape)
+  assert depthwise._is_large(x.shape, kernel.shape) == split_border
   got = _jax_outputs("shifted_vjp", case)  # shapes unique to this test: traced here
   want = _jax_outputs("grouped", case)
   for name, a, b in zip(("output", "input grad", "kernel grad"), got, want):

@@ -13,13 +13,15 @@ Implementations:
 * ``shifted``: the sum over the ``kh * kw`` taps of a strided slice of the padded input
   times that tap's per-channel weights. XLA fuses the whole sum into one elementwise
   pass; gradients come from autodiff.
-* ``shifted_vjp``: the ``shifted`` forward with a hand-written backward pass. Autodiff of
-  ``shifted`` turns the kernel gradient into ``kh * kw`` separate full reductions, each
-  after copying a slice of the input, so the backward pass reads the activations about
-  ``3 * kh * kw`` times. Here each tap's products are first summed over a block of
-  output rows inside one fused elementwise pass and only the much smaller partial sums
-  are reduced; the input gradient is computed per stride phase (a stride-1 correlation
-  of the output gradient per phase) instead of by scattering through interior padding.
+* ``shifted_vjp``: ``shifted`` with a hand-written backward pass, tuned for XLA:CPU.
+  Autodiff of ``shifted`` turns the kernel gradient into ``kh * kw`` separate full
+  reductions, each after copying a slice of the input (XLA:CPU does not fuse slices
+  into reductions), and the stride-2 input gradient into scatters through interior
+  padding. Here each tap's kernel-gradient products are first summed over blocks of
+  output rows inside one fused elementwise pass, so only small partial sums are
+  reduced, and the input gradient is a stride-1 correlation of the output gradient per
+  stride phase. On large inputs the forward pass and both gradients also avoid
+  padding the activations as a whole (interior plus thin border strips).
 * ``auto``: the implementation measured fastest on ``jax.default_backend()`` (see
   ``DEFAULT_IMPLEMENTATION``; ``benchmarks/depthwise_conv.py`` produces the figures).
 
@@ -54,6 +56,8 @@ _LARGE_MIN_ELEMENTS = 1 << 21
 # Bound on taps * rows summed in one fused pass of the blocked kernel gradient: 16 rows
 # for 3x3 was fastest among 4/8/16 rows, and compile time grows with the product.
 _MAX_BLOCK_TERMS = 144
+# Rows per block grow until the stacked per-tap partial sums fit in this many elements.
+_MAX_PARTIAL_SUM_ELEMENTS = 1 << 22
 
 
 def resolve_implementation(implementation: str, backend: str | None = None) -> str:
@@ -321,7 +325,7 @@ def _blocked_tap_sums(window, row0, col0, grad, kh, kw, s, max_terms):
   form one more, shorter block.
   """
   height, width = grad.shape[1:3]
-  block = _row_block(height, kh * kw, max_terms)
+  block = _row_block(height, kh * kw, max_terms, kh * kw * grad.size)
   blocks = height // block
   partial_sums = []
   for i in range(kh):
@@ -341,13 +345,19 @@ def _blocked_tap_sums(window, row0, col0, grad, kh, kw, s, max_terms):
   return sums
 
 
-def _row_block(height, taps, max_terms):
-  """Rows per block: <= max_terms / taps, preferring a divisor of `height`."""
+def _row_block(height, taps, max_terms, partial_sum_elements):
+  """Rows summed per block in _blocked_tap_sums.
+
+  As few as keep the stacked partial sums (taps / block of the region per tap) under
+  _MAX_PARTIAL_SUM_ELEMENTS, since every extra row adds taps slices to compile, but at
+  most max_terms / taps; a divisor of `height` close below that is preferred.
+  """
   limit = max(1, min(height, max_terms // taps))
-  for block in range(limit, (limit + 1) // 2 - 1, -1):
-    if height % block == 0:
-      return block
-  return limit
+  block = min(limit, -(-partial_sum_elements // _MAX_PARTIAL_SUM_ELEMENTS))
+  for candidate in range(block, (block + 1) // 2 - 1, -1):
+    if height % candidate == 0:
+      return candidate
+  return block
 
 
 # Jitted so that eager calls (model.init, un-jitted tests) compile the many slices of the
