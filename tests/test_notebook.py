@@ -18,8 +18,9 @@ def test_notebook_is_committed_without_outputs():
                      "(Jupyter: Edit > Clear Outputs of All Cells) before committing.")
 
 
-def test_notebook_runs_top_to_bottom(tmp_path):
+def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   """Every cell runs without error; the cells assert parity themselves."""
+  monkeypatch.setenv("TMPDIR", str(tmp_path))  # The kernel inherits it: its workdir lands here.
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   client = nbclient.NotebookClient(
       notebook, kernel_name="python3", timeout=CELL_TIMEOUT_S,
