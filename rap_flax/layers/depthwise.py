@@ -56,7 +56,8 @@ _LARGE_MIN_ELEMENTS = 1 << 21
 # Bound on taps * rows summed in one fused pass of the blocked kernel gradient: 16 rows
 # for 3x3 was fastest among 4/8/16 rows, and compile time grows with the product.
 _MAX_BLOCK_TERMS = 144
-# Rows per block grow until the stacked per-tap partial sums fit in this many elements.
+# On small inputs, rows per block grow only until the stacked per-tap partial sums fit
+# in this many elements (compile time grows with the rows).
 _MAX_PARTIAL_SUM_ELEMENTS = 1 << 22
 
 
@@ -173,7 +174,7 @@ def _correlate(src, taps, out_shape, before, stride, acc_dtype, split_border):
   `split_border` the zero padding is never materialised for the whole tensor: the output
   is assembled from the interior, which reads `src` directly, and thin border strips,
   which read small padded copies. Padding a large activation costs a full extra pass
-  (measured: the stride-2 forward at 112x112x64 ran up to 10x slower on CPU); on small
+  (measured on CPU: 5-10x slower stride-2 forward at 32x112x112x64); on small
   ones the single padded region compiles much faster.
   """
   kh, kw = taps.shape[:2]
@@ -225,7 +226,7 @@ def _shifted_vjp(x, kernel, strides):
 
 
 def _shifted_vjp_forward(x, kernel, strides):
-  return _shifted_vjp(x, kernel, strides), (x, kernel)
+  return _shifted_sum(x, kernel, strides, _is_large(x.shape, kernel.shape)), (x, kernel)
 
 
 def _shifted_vjp_backward(strides, residuals, grad_out):
@@ -285,10 +286,11 @@ def _input_grad(grad_out, kernel, x_shape, s, split_border):
 def _kernel_grad(x, grad_out, kernel_shape, s, split_border):
   """sum over (n, o, p) of x[n, s*o + i - ph, s*p + j - pw] * grad_out[n, o, p] per tap.
 
-  Without `split_border`: one region over a padded copy of x. With it (x is never padded
-  as a whole, see _correlate): the interior in row blocks, and the four thin border
-  strips (top and bottom full width, left and right beside the interior) with one row
-  per block, which keeps their share of the compile time small.
+  Without `split_border` (small inputs): one region over a padded copy of x, in row
+  blocks only as long as a memory budget requires. With it (x is never padded as a
+  whole, see _correlate): the interior in the longest row blocks, which run fastest,
+  and the four thin border strips (top and bottom full width, left and right beside the
+  interior) one row per block, which keeps their share of the compile time small.
   """
   kh, kw = kernel_shape[:2]
   ph, pw = _padding(kernel_shape)
@@ -297,23 +299,23 @@ def _kernel_grad(x, grad_out, kernel_shape, s, split_border):
   if split_border:
     (r0, r1), (c0, c1) = (_interior(x.shape[d + 1], kernel_shape[d], (ph, pw)[d], s,
                                     grad_out.shape[d + 1]) for d in (0, 1))
-    regions = [((r0, r1), (c0, c1), _MAX_BLOCK_TERMS)] + [
-        (rows, cols, kh * kw)
+    regions = [((r0, r1), (c0, c1), _MAX_BLOCK_TERMS, None)] + [
+        (rows, cols, kh * kw, None)
         for rows, cols in (((0, r0), (0, wo)), ((r1, ho), (0, wo)), ((r0, r1), (0, c0)),
                            ((r0, r1), (c1, wo)))
         if rows[1] > rows[0] and cols[1] > cols[0]]
   else:
-    regions = [((0, ho), (0, wo), _MAX_BLOCK_TERMS)]
+    regions = [((0, ho), (0, wo), _MAX_BLOCK_TERMS, _MAX_PARTIAL_SUM_ELEMENTS)]
   total = 0.0
-  for rows, cols, max_terms in regions:
+  for rows, cols, max_terms, budget in regions:
     window, row0, col0 = _source_window(x, rows, cols, (ph, pw), (kh, kw), s)
     grad = grad_out[:, rows[0]:rows[1], cols[0]:cols[1], :]
     total = total + _blocked_tap_sums(window.astype(acc_dtype), row0, col0,
-                                      grad.astype(acc_dtype), kh, kw, s, max_terms)
+                                      grad.astype(acc_dtype), kh, kw, s, max_terms, budget)
   return total.reshape(kh, kw, 1, x.shape[-1])
 
 
-def _blocked_tap_sums(window, row0, col0, grad, kh, kw, s, max_terms):
+def _blocked_tap_sums(window, row0, col0, grad, kh, kw, s, max_terms, budget):
   """(kh * kw, C): per tap, the sum of the shifted window times grad.
 
   Autodiff of the shifted forward reduces each tap's product separately, and XLA:CPU
@@ -325,7 +327,7 @@ def _blocked_tap_sums(window, row0, col0, grad, kh, kw, s, max_terms):
   form one more, shorter block.
   """
   height, width = grad.shape[1:3]
-  block = _row_block(height, kh * kw, max_terms, kh * kw * grad.size)
+  block = _row_block(height, kh * kw, max_terms, kh * kw * grad.size, budget)
   blocks = height // block
   partial_sums = []
   for i in range(kh):
@@ -341,19 +343,20 @@ def _blocked_tap_sums(window, row0, col0, grad, kh, kw, s, max_terms):
   done = blocks * block
   if done < height:
     sums = sums + _blocked_tap_sums(window, row0 + s * done, col0, grad[:, done:], kh, kw, s,
-                                    max_terms)
+                                    max_terms, budget)
   return sums
 
 
-def _row_block(height, taps, max_terms, partial_sum_elements):
-  """Rows summed per block in _blocked_tap_sums.
+def _row_block(height, taps, max_terms, partial_sum_elements, budget):
+  """Rows summed per block in _blocked_tap_sums: at most max_terms / taps.
 
-  As few as keep the stacked partial sums (taps / block of the region per tap) under
-  _MAX_PARTIAL_SUM_ELEMENTS, since every extra row adds taps slices to compile, but at
-  most max_terms / taps; a divisor of `height` close below that is preferred.
+  With a `budget`, only as many as keep the stacked partial sums (taps / block of the
+  region per tap) under `budget` elements: every extra row adds taps slices to compile,
+  which dominates on small inputs. A divisor of `height` close below is preferred.
   """
-  limit = max(1, min(height, max_terms // taps))
-  block = min(limit, -(-partial_sum_elements // _MAX_PARTIAL_SUM_ELEMENTS))
+  block = max(1, min(height, max_terms // taps))
+  if budget is not None:
+    block = min(block, -(-partial_sum_elements // budget))
   for candidate in range(block, (block + 1) // 2 - 1, -1):
     if height % candidate == 0:
       return candidate
