@@ -119,3 +119,14 @@ def test_upstream_init_scheme():
   assert np.all(np.asarray(bn["scale"]) == 1) and not np.any(np.asarray(bn["bias"]))
   classifier = np.asarray(params["classifier"]["conv"]["kernel"])
   assert classifier.std() == pytest.approx(np.sqrt(2 / (512 + 10)), rel=0.1)
+
+
+def test_std_pooling_of_constant_maps_has_finite_gradients():
+  """Black borders give zero-variance maps; sqrt' is infinite there, the step must not NaN."""
+  maps = jnp.zeros((2, 4, 4, 3)).at[1, :2].set(jnp.arange(24.0).reshape(2, 4, 3))
+  for axis in ((1, 2), -1):
+    std = attention.pool(maps, "std", axis)
+    grads = jax.grad(lambda x: jnp.sum(attention.pool(x, "std", axis)))(maps)
+    assert bool(jnp.all(jnp.isfinite(grads)))
+    np.testing.assert_array_equal(grads[0], 0.0)
+    np.testing.assert_allclose(std, jnp.std(maps, axis=axis, ddof=1), rtol=1e-6)

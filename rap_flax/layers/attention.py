@@ -44,7 +44,12 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 def _unbiased_std(x: jax.Array, axis) -> jax.Array:
   count = math.prod(x.shape[a] for a in (axis if isinstance(axis, tuple) else (axis,)))
   mean = jnp.mean(x, axis=axis, keepdims=True)
-  return jnp.sqrt(jnp.sum(jnp.square(x - mean), axis=axis) / (count - 1))
+  var = jnp.sum(jnp.square(x - mean), axis=axis) / (count - 1)
+  # A constant map (a black image border) has var 0, where sqrt's gradient is infinite
+  # and would turn the whole step NaN; the double where keeps the forward value exact
+  # and gives that point gradient 0.
+  positive = var > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1.0)), 0.0)
 
 
 def pool(x: jax.Array, pool_type: str, axis) -> jax.Array:
