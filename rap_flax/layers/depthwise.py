@@ -42,11 +42,13 @@ from jax import lax
 IMPLEMENTATIONS = ("grouped", "shifted", "shifted_vjp")
 
 # Training needs the forward and the backward pass, so the CPU entry is the fastest for
-# value_and_grad at the MobileNetV3-large / 224 depthwise shapes in
-# benchmarks/depthwise_conv.py (2-core x86 host): shifted_vjp beats grouped by 4-30x
-# and shifted by 1.5-5x there. GPU and TPU are unmeasured here (no accelerator was
-# available); cuDNN and the TPU compiler have native depthwise kernels, so they get the
-# plain grouped convolution.
+# forward + backward at the MobileNetV3-large / 224 depthwise shapes (batch 32) of
+# benchmarks/depthwise_conv.py on the 2-core x86 dev host: shifted_vjp beat grouped
+# 5.9-17x, shifted 1.7-2.3x and torch 1.6-2.6x there (sum over the shapes: 1.2 s vs
+# grouped 12.8 s, shifted 2.5 s). It compiles slower (1-10 s vs grouped 0.5-1 s per
+# layer), which only pays off over many steps. GPU and TPU are unmeasured here (no
+# accelerator was available); cuDNN and the TPU compiler have native depthwise kernels,
+# so they get the plain grouped convolution.
 DEFAULT_IMPLEMENTATION = {"cpu": "shifted_vjp", "gpu": "grouped", "tpu": "grouped"}
 _FALLBACK_IMPLEMENTATION = "grouped"
 
