@@ -103,4 +103,11 @@ class Checkpoints:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for pending saves, then releases orbax's threads."""
     self._manager.close()
+
+  def __enter__(self) -> "Checkpoints":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()

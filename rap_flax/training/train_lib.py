@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterator
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from clu import parameter_overview
 from jax.experimental import multihost_utils
@@ -128,8 +127,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   config_lib.validate_config(config)
   mesh = parallel.create_mesh()
-  replicated = parallel.replicated_sharding(mesh)
-  batch_sharding = parallel.data_sharding(mesh)
   local_batch_size = parallel.per_host_batch_size(config.batch_size)
   parallel.per_host_batch_size(config.eval_batch_size, "eval_batch_size")
 
@@ -140,110 +137,136 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                      f"examples of {info.name!r}; lower --config.batch_size.")
   num_train_steps = (config.num_train_steps if config.num_train_steps > 0
                      else math.ceil(config.num_epochs * steps_per_epoch))
-  eval_every_steps = config.eval_every_epochs * steps_per_epoch
 
   model = train_state_lib.create_model(config, info.num_classes)
   model_fields = train_state_lib.model_fields(config, info.num_classes)
   learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch, num_train_steps)
   tx = optim.create_optimizer(config, learning_rate_fn)
+  replicated = parallel.replicated_sharding(mesh)
 
-  checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
-  latest = checkpoints.latest_step()
-  if latest is None:
-    state = train_state_lib.create_train_state(model, tx, info.image_size, config.seed,
-                                               replicated)
-    best_val_top1 = None
-  else:
-    target = train_state_lib.abstract_train_state(model, tx, info.image_size, replicated)
-    state = checkpoints.restore(target, latest, model_fields)
-    best_val_top1 = checkpoints.metadata(latest).get("best_val_top1")
-  start_step = int(jax.device_get(state.step))
+  with checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints) as checkpoints:
+    latest = checkpoints.latest_step()
+    if latest is None:
+      state = train_state_lib.create_train_state(model, tx, info.image_size, config.seed,
+                                                 replicated)
+      best_val_top1 = None
+    else:
+      target = train_state_lib.abstract_train_state(model, tx, info.image_size, replicated)
+      state = checkpoints.restore(target, latest, model_fields)
+      best_val_top1 = checkpoints.metadata(latest).get("best_val_top1")
+    start_step = int(jax.device_get(state.step))
 
-  writer = metrics.create_writer(workdir)
-  if start_step == 0:
-    writer.write_hparams(_hparams(config))
-  logging.info("%s on %s: %d classes, %d train / %d eval images at %dpx; %d steps/epoch, "
-               "%d steps in all, starting at %d; %d device(s) on %d host(s).",
-               config.model.arch, info.name, info.num_classes, info.num_train, info.num_eval,
-               info.image_size, steps_per_epoch, num_train_steps, start_step,
-               jax.device_count(), jax.process_count())
-  if jax.process_index() == 0:
-    _log_model_overview(state, model, info.image_size)
+    writer = metrics.create_writer(workdir)
+    if start_step == 0:
+      writer.write_hparams(_hparams(config))
+    logging.info("%s on %s: %d classes, %d train / %d eval images at %dpx; %d steps/epoch, "
+                 "%d steps in all, starting at %d; %d device(s) on %d host(s).",
+                 config.model.arch, info.name, info.num_classes, info.num_train,
+                 info.num_eval, info.image_size, steps_per_epoch, num_train_steps, start_step,
+                 jax.device_count(), jax.process_count())
+    if jax.process_index() == 0:
+      _log_model_overview(state, model, info.image_size)
 
-  train_step = make_train_step(model, config.label_smoothing, mesh)
-  eval_step = evaluate.make_eval_step(model, mesh)
-  train_iter = data.create_train_iterator(config, batch_size=local_batch_size,
-                                          start_step=start_step)
-  progress = metrics.Progress(num_train_steps, config.batch_size, start_step)
-  preemption = _Preemption()
-  window: metrics.Metrics | None = None
-  unchecked: tuple[int, metrics.Metrics] | None = None  # Loss not yet checked for finiteness.
-  final_eval: dict[str, Any] | None = None
+    loop = _Loop(config, mesh, model, learning_rate_fn, checkpoints, writer, model_fields,
+                 steps_per_epoch, num_train_steps, best_val_top1)
+    train_iter = data.create_train_iterator(config, batch_size=local_batch_size,
+                                            start_step=start_step)
+    try:
+      state, final_eval = loop.run(state, train_iter)
+    finally:
+      writer.flush()
+    if final_eval is not None:
+      checkpoints.wait_until_finished()
+      evaluate.write_json(os.path.join(workdir, "results.json"), {
+          "step": num_train_steps, "final": final_eval, "best_val_top1": loop.best_val_top1,
+          "best_step": checkpoints.best_step()})
+  return state
 
-  def check_loss() -> None:
-    nonlocal unchecked
-    if unchecked is not None:
-      step, step_metrics = unchecked
-      loss = float(step_metrics.loss.compute())
-      if not math.isfinite(loss):
-        raise _divergence_error(step, f"the loss is {loss}", checkpoints.latest_step())
-      unchecked = None
 
-  def save(val_top1: float | None = None) -> None:
-    check_loss()
-    if not bool(_all_finite(state.variables)):
-      raise _divergence_error(int(jax.device_get(state.step)),
-                              "the parameters became non-finite", checkpoints.latest_step())
-    checkpoints.save(state, model=model_fields, best_val_top1=best_val_top1,
-                     val_top1=val_top1)
+class _Loop:
+  """The step loop: train, log, evaluate, checkpoint, and stop on divergence or preemption."""
 
-  try:
+  def __init__(self, config, mesh, model, learning_rate_fn, checkpoints, writer,
+               model_fields, steps_per_epoch, num_train_steps, best_val_top1):
+    self.config, self.mesh = config, mesh
+    self.learning_rate_fn = learning_rate_fn
+    self.checkpoints, self.writer, self.model_fields = checkpoints, writer, model_fields
+    self.steps_per_epoch, self.num_train_steps = steps_per_epoch, num_train_steps
+    self.best_val_top1 = best_val_top1
+    self.train_step = make_train_step(model, config.label_smoothing, mesh)
+    self.eval_step = evaluate.make_eval_step(model, mesh)
+    self.batch_sharding = parallel.data_sharding(mesh)
+    self._unchecked: tuple[int, metrics.Metrics] | None = None  # Loss not yet checked.
+
+  def run(self, state: TrainState, train_iter) -> tuple[TrainState, dict[str, Any] | None]:
+    """Trains to the last step; returns the state and the last evaluation (None if stopped
+    early for preemption or if there was nothing left to do)."""
+    config = self.config
+    start_step = int(jax.device_get(state.step))
+    eval_every_steps = config.eval_every_epochs * self.steps_per_epoch
+    progress = metrics.Progress(self.num_train_steps, config.batch_size, start_step)
+    preemption = _Preemption()
+    window: metrics.Metrics | None = None
+    final_eval = None
     with preemption.installed():
-      for step in range(start_step, num_train_steps):
-        batch = parallel.make_global_batch(next(train_iter), batch_sharding)
-        state, step_metrics = train_step(state, batch)
+      for step in range(start_step, self.num_train_steps):
+        batch = parallel.make_global_batch(next(train_iter), self.batch_sharding)
+        state, step_metrics = self.train_step(state, batch)
         # Check the previous step's loss: waits for that step only, this one keeps running.
-        check_loss()
-        unchecked = (step + 1, step_metrics)
-        window = step_metrics if window is None else window.merge(step_metrics)
+        self._check_loss()
         done = step + 1
+        self._unchecked = (done, step_metrics)
+        window = step_metrics if window is None else window.merge(step_metrics)
 
-        if done % config.log_every_steps == 0 or done == num_train_steps:
-          check_loss()
+        if done % config.log_every_steps == 0 or done == self.num_train_steps:
+          self._check_loss()
           scalars = {f"train_{k}": v for k, v in metrics.to_floats(window).items()}
-          scalars["learning_rate"] = float(learning_rate_fn(done - 1))
-          writer.write_scalars(done, {**scalars, **progress(done)})
+          scalars["learning_rate"] = float(self.learning_rate_fn(done - 1))
+          self.writer.write_scalars(done, {**scalars, **progress(done)})
           window = None
 
-        if done % eval_every_steps == 0 or done == num_train_steps:
+        if done % eval_every_steps == 0 or done == self.num_train_steps:
           progress.pause()
-          final_eval = evaluate.evaluate(eval_step, state.variables, config, mesh)
-          if best_val_top1 is None or final_eval["top1"] > best_val_top1:
-            best_val_top1 = final_eval["top1"]
-          writer.write_scalars(done, {f"val_{k}": v for k, v in final_eval.items()}
-                               | {"val_best_top1": best_val_top1})
-          logging.info("Step %d (epoch %.2f): val top-1 %.2f%%, top-5 %.2f%%, loss %.4f "
-                       "(best top-1 %.2f%%).", done, done / steps_per_epoch,
-                       100 * final_eval["top1"], 100 * final_eval["top5"], final_eval["loss"],
-                       100 * best_val_top1)
-          save(val_top1=final_eval["top1"])
+          final_eval = self._evaluate(state, done)
+          self._save(state, val_top1=final_eval["top1"])
           progress.resume()
         elif done % config.checkpoint_every_steps == 0:
-          save()
+          self._save(state)
 
         if preemption.reached(done):
-          save()
-          checkpoints.wait_until_finished()
+          self._save(state)
+          self.checkpoints.wait_until_finished()
           logging.warning("Stopped at step %d for preemption; checkpoint saved. Run the same "
                           "command again to resume.", done)
-          return state
-    checkpoints.wait_until_finished()
-    if final_eval is not None:
-      evaluate.write_json(os.path.join(workdir, "results.json"), {
-          "step": num_train_steps, "final": final_eval, "best_val_top1": best_val_top1,
-          "best_step": checkpoints.best_step()})
-  finally:
-    checkpoints.wait_until_finished()
-    checkpoints.close()
-    writer.flush()
-  return state
+          return state, None
+    return state, final_eval
+
+  def _evaluate(self, state: TrainState, step: int) -> dict[str, Any]:
+    result = evaluate.evaluate(self.eval_step, state.variables, self.config, self.mesh)
+    if self.best_val_top1 is None or result["top1"] > self.best_val_top1:
+      self.best_val_top1 = result["top1"]
+    self.writer.write_scalars(step, {f"val_{k}": v for k, v in result.items()}
+                              | {"val_best_top1": self.best_val_top1})
+    logging.info("Step %d (epoch %.2f): val top-1 %.2f%%, top-5 %.2f%%, loss %.4f "
+                 "(best top-1 %.2f%%).", step, step / self.steps_per_epoch,
+                 100 * result["top1"], 100 * result["top5"], result["loss"],
+                 100 * self.best_val_top1)
+    return result
+
+  def _check_loss(self) -> None:
+    if self._unchecked is not None:
+      step, step_metrics = self._unchecked
+      loss = float(step_metrics.loss.compute())
+      if not math.isfinite(loss):
+        raise _divergence_error(step, f"the loss is {loss}", self.checkpoints.latest_step())
+      self._unchecked = None
+
+  def _save(self, state: TrainState, val_top1: float | None = None) -> None:
+    """Saves `state` after making sure that it is a good one (finite loss and variables)."""
+    self._check_loss()
+    if not bool(_all_finite(state.variables)):
+      raise _divergence_error(int(jax.device_get(state.step)),
+                              "the parameters became non-finite",
+                              self.checkpoints.latest_step())
+    self.checkpoints.save(state, model=self.model_fields, best_val_top1=self.best_val_top1,
+                          val_top1=val_top1)
