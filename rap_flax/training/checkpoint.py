@@ -19,6 +19,8 @@ from absl import logging
 from rap_flax.training.train_state import TrainState
 
 METRIC = "val_top1"
+_NO_CHECKPOINTS = ("No checkpoints in {}; train first with `python train.py --config=... "
+                   "--workdir=...`, or evaluate a PyTorch file with --torch_checkpoint.")
 
 
 class ArchitectureMismatchError(ValueError):
@@ -34,6 +36,8 @@ class Checkpoints:
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if read_only and not os.path.isdir(self.directory):
+      raise FileNotFoundError(_NO_CHECKPOINTS.format(self.directory))
     policy = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
         best_fn=_best_fn, best_mode="max", read_only=read_only, create=not read_only,
@@ -55,6 +59,10 @@ class Checkpoints:
 
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
+
+  def check_not_empty(self) -> None:
+    if not self.all_steps():
+      raise FileNotFoundError(_NO_CHECKPOINTS.format(self.directory))
 
   def metadata(self, step: int) -> dict[str, Any]:
     return dict(self._manager.metadata(step).custom_metadata or {})

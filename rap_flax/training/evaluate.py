@@ -49,10 +49,7 @@ def evaluate(eval_step: EvalStep, variables, config: ml_collections.ConfigDict,
 
 def resolve_step(checkpoints: checkpoint.Checkpoints, which: str) -> int:
   """`which` is "best", "latest" or a step number."""
-  if not checkpoints.all_steps():
-    raise FileNotFoundError(
-        f"No checkpoints in {checkpoints.directory}; train first with "
-        "`python train.py --config=... --workdir=...` or pass --torch_checkpoint.")
+  checkpoints.check_not_empty()
   if which == "latest":
     return checkpoints.latest_step()
   if which == "best":
@@ -95,12 +92,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | None,
   else:
     if not workdir:
       raise ValueError("Pass --workdir (orbax checkpoints) or --torch_checkpoint.")
-    checkpoints = checkpoint.Checkpoints(workdir, read_only=True)
-    step = resolve_step(checkpoints, which)
-    variables = checkpoints.restore_variables(
-        train_state.abstract_variables(model, info.image_size, replicated), step,
-        train_state.model_fields(config, info.num_classes))
-    checkpoints.close()
+    with checkpoint.Checkpoints(workdir, read_only=True) as checkpoints:
+      step = resolve_step(checkpoints, which)
+      variables = checkpoints.restore_variables(
+          train_state.abstract_variables(model, info.image_size, replicated), step,
+          train_state.model_fields(config, info.num_classes))
     result = {"source": checkpoints.directory, "checkpoint": which, "step": step}
     default_output = os.path.join(workdir, f"eval_{which}.json")
   result.update(dataset=info.name, **evaluate(make_eval_step(model, mesh), variables, config,

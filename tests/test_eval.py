@@ -1,0 +1,86 @@
+"""eval.py: reproduces the training's validation numbers from orbax and PyTorch checkpoints."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_train import (DIGITS, REPO, TINY, jax_cache, read_results,  # noqa: F401
+                              run_eval, run_train, subprocess_env, tiny_config)
+
+# batch 128: 11 steps per epoch on digits' 1,437 training images, so 3 epochs give three
+# evaluations (and checkpoints with a validation score) in 33 steps.
+RUN = ("--config.batch_size=128", "--config.num_epochs=3", "--config.keep_checkpoints=1")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, jax_cache) -> pathlib.Path:
+  workdir = tmp_path_factory.mktemp("trained")
+  run_train(jax_cache, workdir, *RUN)
+  return workdir
+
+
+def test_latest_checkpoint_reproduces_the_final_validation_numbers(trained, jax_cache):
+  results = read_results(trained)
+  evaluation = run_eval(jax_cache, trained, "--checkpoint=latest")
+  assert evaluation["step"] == results["step"] == 33
+  for name in ("loss", "top1", "top5", "num_examples"):
+    assert evaluation[name] == results["final"][name], name
+  assert evaluation["num_examples"] == 360
+
+
+def test_best_checkpoint_is_the_default(trained, jax_cache):
+  results = read_results(trained)
+  evaluation = run_eval(jax_cache, trained)
+  assert evaluation["checkpoint"] == "best"
+  assert evaluation["step"] == results["best_step"]
+  assert evaluation["top1"] == results["best_val_top1"]
+
+
+def test_eight_devices_count_every_example_once(trained, jax_cache):
+  """The padded last batch is split over 8 devices; the masks keep the counts exact."""
+  output = trained / "eval_8_devices.json"
+  result = subprocess.run(
+      [sys.executable, str(REPO / "eval.py"), f"--config={DIGITS}", f"--workdir={trained}",
+       "--checkpoint=latest", f"--output={output}", *TINY],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=subprocess_env(jax_cache, devices=8))
+  assert result.returncode == 0, result.stderr[-5000:]
+  evaluation, final = json.loads(output.read_text()), read_results(trained)["final"]
+  assert evaluation["num_examples"] == 360
+  assert (evaluation["top1"], evaluation["top5"]) == (final["top1"], final["top5"])
+  assert evaluation["loss"] == pytest.approx(final["loss"], rel=1e-6)
+
+
+def test_torch_checkpoint_evaluates_like_the_orbax_one(trained, tmp_path, jax_cache):
+  import jax  # pylint: disable=g-import-not-at-top
+  from rap_flax import convert  # pylint: disable=g-import-not-at-top
+  from rap_flax.training import checkpoint, parallel, train_state  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  model = train_state.create_model(config, num_classes=10)
+  replicated = parallel.replicated_sharding(parallel.create_mesh())
+  with checkpoint.Checkpoints(str(trained), read_only=True) as checkpoints:
+    step = checkpoints.latest_step()
+    variables = checkpoints.restore_variables(
+        train_state.abstract_variables(model, config.image_size, replicated), step,
+        train_state.model_fields(config, 10))
+  path = tmp_path / "model_best.pth"
+  convert.save_torch_checkpoint(jax.device_get(variables), model, str(path))
+
+  evaluation = run_eval(jax_cache, trained, f"--torch_checkpoint={path}")
+  final = read_results(trained)["final"]
+  assert evaluation["source"] == str(path)
+  for name in ("loss", "top1", "top5", "num_examples"):
+    assert evaluation[name] == final[name], name
+
+
+def test_missing_or_unknown_checkpoints_are_explained(tmp_path, trained):
+  from rap_flax.training import evaluate  # pylint: disable=g-import-not-at-top
+  with pytest.raises(FileNotFoundError, match="No checkpoints in .*; train first"):
+    evaluate.evaluate_checkpoint(tiny_config(), str(tmp_path / "empty"))
+  with pytest.raises(ValueError, match=r"No checkpoint of step 7 .*saved steps: \[.*33\]"):
+    evaluate.evaluate_checkpoint(tiny_config(), str(trained), which="7")
+  with pytest.raises(ValueError, match="use one of"):
+    evaluate.evaluate_checkpoint(tiny_config(), str(trained), which="first")
