@@ -229,6 +229,37 @@ def test_unknown_config_field_names_the_fix(tmp_path, jax_cache):
     train_lib.train_and_evaluate(config, str(tmp_path))
 
 
+# Makes `import tensorflow` / `import tensorboard` fail, as on the GPU hosts, then runs train.py.
+_WITHOUT_TENSORFLOW = textwrap.dedent("""
+    import importlib.abc, importlib.machinery, runpy, sys
+
+    class Missing(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+      def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorboard"):
+          return importlib.machinery.ModuleSpec(name, self)
+      def create_module(self, spec):
+        raise ModuleNotFoundError(f"No module named {spec.name!r}")
+      def exec_module(self, module):
+        pass
+
+    sys.meta_path.insert(0, Missing())
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    assert not [m for m in sys.modules if m.startswith(("tensorflow", "tensorboard"))]
+""")
+
+
+def test_trains_without_tensorflow(tmp_path, jax_cache):
+  result = subprocess.run(
+      [sys.executable, "-c", _WITHOUT_TENSORFLOW,
+       *train_command(tmp_path, "--config.num_train_steps=4")[1:]],
+      cwd=REPO, capture_output=True, text=True, timeout=600, env=subprocess_env(jax_cache))
+  assert result.returncode == 0, result.stderr[-5000:]
+  assert "No TensorBoard events" in result.stderr
+  assert read_results(tmp_path)["final"]["num_examples"] == 360
+  assert checkpoint_steps(tmp_path) == [4]
+
+
 # Runs inside a process with 8 simulated CPU devices. Each step starts both meshes from the
 # same state (the one-device result of the previous step) and compares what one step does.
 # Chaining several steps on each mesh separately would not test sharding: the SRAP gate's
