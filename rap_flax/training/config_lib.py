@@ -73,12 +73,13 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
-def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+  """{"model.arch": ..., "batch_size": ...}: every leaf field under its dotted name."""
   flat = {}
   for key, value in config.items():
     name = prefix + key
     if isinstance(value, ml_collections.ConfigDict):
-      flat.update(_flatten(value, name + "."))
+      flat.update(flatten(value, name + "."))
     else:
       flat[name] = value
   return flat
@@ -86,8 +87,8 @@ def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, A
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first problem (unknown field, bad value) and its fix."""
-  known = _flatten(base_config())
-  given = _flatten(config)
+  known = flatten(base_config())
+  given = flatten(config)
   unknown = sorted(set(given) - set(known))
   if unknown:
     hints = []

@@ -85,6 +85,7 @@ class Progress:
     self._batch_size = global_batch_size
     self._last_step = start_step
     self._last_time = time.monotonic()
+    self._pause_start = self._last_time
 
   def __call__(self, step: int) -> dict[str, float]:
     now = time.monotonic()
@@ -107,7 +108,12 @@ class Progress:
 
 class _DropLibraryInfo(std_logging.Filter):
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+    if "/orbax/" not in record.pathname:
+      return True
+    # Periodic checkpoints deliberately carry no validation metric (only those written after
+    # an evaluation do), which orbax would warn about at every save.
+    return (record.levelno >= std_logging.WARNING
+            and "did not provide metrics" not in record.getMessage())
 
 
 def quiet_library_logs() -> None:

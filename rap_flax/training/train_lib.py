@@ -113,7 +113,7 @@ def _log_model_overview(state: TrainState, model, image_size: int) -> None:
 
 
 def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  flat = config_lib._flatten(config)  # pylint: disable=protected-access
+  flat = config_lib.flatten(config)
   return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
 
 
