@@ -157,7 +157,7 @@ def _interrupt(jax_cache, workdir, sig: int) -> subprocess.Popen:
 def test_sigkill_then_same_command_resumes_the_same_trajectory(uninterrupted, tmp_path,
                                                                jax_cache):
   killed = _interrupt(jax_cache, tmp_path, signal.SIGKILL)
-  assert killed.returncode == -signal.SIGKILL
+  assert killed.returncode == -signal.SIGKILL, killed.log[-3000:]
   assert not (tmp_path / "results.json").exists()
   assert max(checkpoint_steps(tmp_path)) < RESUME_STEPS, "killed before the end"
 
