@@ -19,11 +19,7 @@ flags.DEFINE_string("checkpoint", "best", '"best", "latest" or a step number.')
 flags.DEFINE_string("torch_checkpoint", None,
                     "Upstream PyTorch checkpoint (.pth/.pt/.safetensors) to evaluate instead.")
 flags.DEFINE_string("output", None, "JSON output path (default: <workdir>/eval_<checkpoint>.json).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
-flags.DEFINE_integer("process_id", None, "Index of this process (multi-host).")
-flags.DEFINE_bool("multihost_auto", False,
-                  "Join a multi-host job from the cluster environment (SLURM, MPI, TPU).")
+parallel.define_distributed_flags()
 flags.mark_flag_as_required("config")
 
 
@@ -31,8 +27,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   metrics.quiet_library_logs()
-  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                  FLAGS.process_id, FLAGS.multihost_auto)
+  parallel.initialize_distributed_from_flags()
   result = evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
                                         FLAGS.torch_checkpoint, FLAGS.output)
   print(f"top1={100 * result['top1']:.2f}% top5={100 * result['top5']:.2f}% "

@@ -15,11 +15,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard events.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
-flags.DEFINE_integer("process_id", None, "Index of this process (multi-host).")
-flags.DEFINE_bool("multihost_auto", False,
-                  "Join a multi-host job from the cluster environment (SLURM, MPI, TPU).")
+parallel.define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,8 +23,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   metrics.quiet_library_logs()
-  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                  FLAGS.process_id, FLAGS.multihost_auto)
+  parallel.initialize_distributed_from_flags()
   logging.info("Config:\n%s", FLAGS.config)
   train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

@@ -13,10 +13,25 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import logging
+from absl import flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+
+
+def define_distributed_flags() -> None:
+  """The multi-host flags of train.py and eval.py (read by initialize_distributed_from_flags)."""
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
+  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+  flags.DEFINE_integer("process_id", None, "Index of this process (multi-host).")
+  flags.DEFINE_bool("multihost_auto", False,
+                    "Join a multi-host job from the cluster environment (SLURM, MPI, TPU).")
+
+
+def initialize_distributed_from_flags() -> None:
+  values = flags.FLAGS
+  initialize_distributed(values.coordinator_address, values.num_processes, values.process_id,
+                         values.multihost_auto)
 
 
 def initialize_distributed(coordinator_address: str | None = None,
