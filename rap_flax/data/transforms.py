@@ -39,10 +39,66 @@ def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
       lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
 
 
-def resize_like_pil(image: tf.Tensor, height, width) -> tf.Tensor:
-  """PIL-style bilinear resize (antialiased when shrinking), rounded to integers like uint8."""
-  resized = tf.image.resize(image, tf.stack([height, width]), method="bilinear", antialias=True)
-  return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+RESAMPLE_BLOCK = 8  # outputs per block of the banded resampling matmul (fastest of 4/8/16/32)
+
+
+def _bilinear_weights(in_size, out_size, mirror):
+  """PIL's antialiased bilinear resampling weights along one axis, cut into banded blocks.
+
+  PIL (Resample.c, precompute_coeffs) computes output i from the inputs x around the centre
+  c = (i + 0.5) * scale - 0.5, weighted by the triangle 1 - |x - c| / max(scale, 1) and normalised
+  to sum 1. A dense (out, in) matrix would be mostly zeros, so the outputs are grouped in blocks
+  of RESAMPLE_BLOCK consecutive ones that share a window of `span` consecutive inputs. Returns
+  rows (blocks, span), the input index of every window entry, and weights
+  (blocks, RESAMPLE_BLOCK, span); padding outputs past out_size repeat the last one. mirror
+  reverses the outputs, which flips the image along this axis for free.
+  """
+  block = RESAMPLE_BLOCK
+  num_blocks = (out_size + block - 1) // block
+  scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+  support = tf.maximum(scale, 1.0)  # the triangle widens when shrinking: that is the antialiasing
+  out_index = tf.minimum(tf.range(num_blocks * block), out_size - 1)
+  out_index = tf.where(mirror, out_size - 1 - out_index, out_index)
+  centres = tf.reshape((tf.cast(out_index, tf.float32) + 0.5) * scale - 0.5, [num_blocks, block, 1])
+  # A block's nonzero weights lie strictly within `support` of its first and last centres.
+  span = tf.minimum(tf.cast(tf.math.ceil((block - 1) * scale + 2 * support), tf.int32) + 1, in_size)
+  lowest = tf.minimum(centres[:, 0, 0], centres[:, -1, 0]) - support
+  first = tf.clip_by_value(tf.cast(tf.math.floor(lowest), tf.int32) + 1, 0, in_size - span)
+  rows = first[:, None] + tf.range(span)
+  weights = tf.nn.relu(1.0 - tf.abs(tf.cast(rows[:, None, :], tf.float32) - centres) / support)
+  # Normalised to 1 + 2**-20 rather than 1: exact halves then round up, as in PIL's fixed point,
+  # instead of to even, and no result gets near 255.5.
+  return rows, weights / (tf.reduce_sum(weights, axis=2, keepdims=True) * (1 - 2**-20))
+
+
+def _resample_rows(matrix: tf.Tensor, out_size, mirror=False) -> tf.Tensor:
+  """Resamples the leading axis of a (rows, columns) matrix as PIL does; float32, unrounded."""
+  rows, weights = _bilinear_weights(tf.shape(matrix)[0], out_size, mirror)
+  window = tf.cast(tf.gather(matrix, rows), tf.float32)  # gather first: fewer bytes when uint8
+  resampled = tf.reshape(tf.matmul(weights, window), [-1, tf.shape(matrix)[1]])
+  if not isinstance(out_size, int) or out_size % RESAMPLE_BLOCK:
+    resampled = resampled[:out_size]
+  return resampled
+
+
+def resize_like_pil(image: tf.Tensor, height, width, mirror=False) -> tf.Tensor:
+  """PIL's Image.resize(BILINEAR) of an (h, w, c) image, as float32 holding integers 0..255.
+
+  Two separable passes, each a banded matmul over the leading axis, so the horizontal one works
+  on the transposed image. PIL rounds to integers after each pass and mostly runs the horizontal
+  pass first; here the vertical pass runs first, which saves transposing the larger input, and
+  only the result is rounded. That moves some pixels by one level (tests/test_data_transforms.py
+  has the figures). mirror flips the result horizontally at no cost. Measured on one core, from
+  crops of 120-480 px to 224x224: 0.6 ms per image, against 1.1 ms for TF's own antialiased
+  resize (tf.image.resize(antialias=True)), which is no closer to PIL.
+  """
+  shape = tf.shape(image)
+  in_height, in_width, channels = shape[0], shape[1], image.shape[-1]
+  swap = lambda x, rows, cols: tf.transpose(tf.reshape(x, [rows, cols, channels]), [1, 0, 2])
+  x = _resample_rows(tf.reshape(image, [in_height, in_width * channels]), height)
+  x = tf.reshape(swap(x, height, in_width), [in_width, height * channels])
+  # Positive weights summing to (just over) 1, see _bilinear_weights: no clipping to 0..255.
+  return tf.round(swap(_resample_rows(x, width, mirror), width, height))
 
 
 def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -138,12 +194,16 @@ def imagenet(size: int) -> Transforms:
   """RandomResizedCrop(224) + flip + Normalize | Resize(256) + CenterCrop(224) + Normalize."""
   short_side = resize_size(size)
 
+  # Decoding at 1/2, 1/4, 1/8 in the DCT domain (decode_and_crop_jpeg's ratio, PIL's draft mode)
+  # is left out: it only applies to crops of at least 2 * size on both sides, rare at ImageNet
+  # image sizes, and decoding is bound by the entropy decoding of every row above the crop's
+  # bottom, which scaling does not skip; measured, it was no faster on the benchmark's images.
   def train(encoded, uniforms):
     shape = tf.image.extract_jpeg_shape(encoded)
     box = random_resized_crop_box(shape[0], shape[1], uniforms[:4 * RRC_ATTEMPTS])
     crop = tf.image.decode_and_crop_jpeg(encoded, box, channels=3,
                                          dct_method="INTEGER_ACCURATE")
-    image = random_flip(resize_like_pil(crop, size, size), uniforms[4 * RRC_ATTEMPTS])
+    image = resize_like_pil(crop, size, size, mirror=uniforms[4 * RRC_ATTEMPTS] < 0.5)
     return normalize_imagenet(image, size)
 
   def evaluate(encoded):
