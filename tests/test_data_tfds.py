@@ -18,6 +18,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 from rap_flax import data  # noqa: E402
 from rap_flax.data import catalog, tfds_pipeline, transforms  # noqa: E402
+from tests.test_data import assert_batches_equal, take
 
 TRAIN_SIZE, EVAL_SIZE = 26, 10
 IMAGE_SIZE = 16
@@ -80,16 +81,6 @@ def mocked(dataset, tmp_path, **config_overrides):
   with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path),
                               as_dataset_fn=fake_as_dataset):
     yield config
-
-
-def take(iterator, n):
-  return [next(iterator) for _ in range(n)]
-
-
-def assert_batches_equal(a, b):
-  assert a.keys() == b.keys()
-  for key in a:
-    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def value_range(dataset):
