@@ -26,15 +26,10 @@ CASES = (
     (7, 1, 7, 8, 3),
     (7, 2, 10, 10, 16),
 )
-# shifted_vjp's blocked kernel gradient with as many rows per block as allowed (16 for
-# 3x3), with and without its border/interior split (forced on below its size threshold;
-# needs sizes >= 4 * kernel). 19 rows: 17 interior rows = one 16-row block + a 1-row
-# remainder block; 26 -> 13 output rows: 12 interior rows; 13 -> 7 rows: one 7-row block.
-BLOCKED_CASES = (
-    ((3, 1, 19, 14, 3), True),
-    ((3, 2, 26, 25, 2), True),
-    ((3, 2, 13, 12, 2), False),
-)
+# shifted_vjp's blocked kernel gradient with several rows per block and a shorter
+# remainder block, (case, most rows per block): 19 rows of 3x3 taps at stride 1 in
+# blocks of 16 + 3; 26 -> 13 rows at stride 2 in blocks of 12 + 1.
+BLOCKED_CASES = (((3, 1, 19, 14, 3), 16), ((3, 2, 26, 25, 2), 12))
 
 
 def _case_id(case):
@@ -103,14 +98,14 @@ def test_matches_torch_groups_conv(implementation, case):
     _assert_close(a, b, what=name)
 
 
-@pytest.mark.parametrize("case, split_border", BLOCKED_CASES,
-                         ids=lambda v: _case_id(v) if isinstance(v, tuple) else f"split{v}")
-def test_shifted_vjp_blocked_paths_match_grouped(monkeypatch, case, split_border):
+@pytest.mark.parametrize("case, max_rows", BLOCKED_CASES,
+                         ids=lambda v: _case_id(v) if isinstance(v, tuple) else f"rows{v}")
+def test_shifted_vjp_blocked_kernel_gradient_matches_grouped(monkeypatch, case, max_rows):
   monkeypatch.setattr(depthwise, "_MAX_PARTIAL_SUM_ELEMENTS", 1)
-  if split_border:
-    monkeypatch.setattr(depthwise, "_LARGE_MIN_ELEMENTS", 0)
-  x, kernel = _inputs(case)
-  assert depthwise._is_large(x.shape, kernel.shape) == split_border
+  monkeypatch.setattr(depthwise, "_MAX_BLOCK_TERMS", max_rows * case[0] ** 2)
+  rows = depthwise._output_size(case[2], case[0], case[0] // 2, case[1])
+  block = depthwise._row_block(rows, case[0] ** 2, rows * case[0] ** 2)
+  assert 1 < block < rows and rows % block, (rows, block)
   got = _jax_outputs("shifted_vjp", case)  # shapes unique to this test: traced here
   want = _jax_outputs("grouped", case)
   for name, a, b in zip(("output", "input grad", "kernel grad"), got, want):

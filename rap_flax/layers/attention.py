@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from rap_flax.layers.activations import hsigmoid
-from rap_flax.layers.conv import conv2d
+from rap_flax.layers.conv import Conv
 from rap_flax.layers.norm import BatchNorm
 
 POOL_TYPES = ("avg", "max", "std")
@@ -117,7 +117,7 @@ def spatial_conv_bn(maps: jax.Array, train: bool) -> jax.Array:
 
   Called inside a gate's compact method, so the layers are that gate's children.
   """
-  y = conv2d(1, SPATIAL_KERNEL, name="spatial_conv")(maps)
+  y = Conv(1, SPATIAL_KERNEL, name="spatial_conv")(maps)
   return BatchNorm(momentum=GATE_BN_MOMENTUM, name="spatial_bn")(y, train)[..., 0]
 
 
@@ -200,8 +200,8 @@ class SqueezeExcite(nn.Module):
     del train  # no BatchNorm inside
     channels = x.shape[-1]
     squeezed = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True)
-    hidden = nn.relu(conv2d(make_divisible(channels / 4), 1, use_bias=True, name="reduce")(squeezed))
-    channel_weight = hsigmoid(conv2d(channels, 1, use_bias=True, name="expand")(hidden))
+    hidden = nn.relu(Conv(make_divisible(channels / 4), 1, use_bias=True, name="reduce")(squeezed))
+    channel_weight = hsigmoid(Conv(channels, 1, use_bias=True, name="expand")(hidden))
     # SE has no spatial branch: its per-pixel weight is the same at every position.
     self.sow("intermediates", "pixel_weight", jnp.broadcast_to(
         jnp.mean(channel_weight, axis=(1, 2, 3))[:, None, None], x.shape[:3]))

@@ -20,8 +20,7 @@ Implementations:
   padding. Here each tap's kernel-gradient products are first summed over blocks of
   output rows inside one fused elementwise pass, so only small partial sums are
   reduced, and the input gradient is a stride-1 correlation of the output gradient per
-  stride phase. On large inputs the forward pass and both gradients also avoid
-  padding the activations as a whole (interior plus thin border strips).
+  stride phase.
 * ``auto``: the implementation measured fastest on ``jax.default_backend()`` (see
   ``DEFAULT_IMPLEMENTATION``; ``benchmarks/depthwise_conv.py`` produces the figures).
 
@@ -43,23 +42,17 @@ IMPLEMENTATIONS = ("grouped", "shifted", "shifted_vjp")
 
 # Training needs the forward and the backward pass, so the CPU entry is the fastest for
 # forward + backward at the MobileNetV3-large / 224 depthwise shapes (batch 32) of
-# benchmarks/depthwise_conv.py on the 2-core x86 dev host: shifted_vjp beat grouped
-# 5.9-17x, shifted 1.7-2.3x and torch 1.6-2.6x there (sum over the shapes: 1.2 s vs
-# grouped 12.8 s, shifted 2.5 s). It compiles slower (1-10 s vs grouped 0.5-1 s per
-# layer), which only pays off over many steps. GPU and TPU are unmeasured here (no
-# accelerator was available); cuDNN and the TPU compiler have native depthwise kernels,
-# so they get the plain grouped convolution.
+# benchmarks/depthwise_conv.py (figures in benchmarks/README.md). GPU and TPU have native
+# depthwise kernels (cuDNN, the TPU compiler), so they get the plain grouped convolution.
 DEFAULT_IMPLEMENTATION = {"cpu": "shifted_vjp", "gpu": "grouped", "tpu": "grouped"}
 _FALLBACK_IMPLEMENTATION = "grouped"
 
-# shifted_vjp switches to its run-time-optimised path (border/interior split, blocked
-# kernel gradient) from this many input elements on; below, compile time dominates.
-_LARGE_MIN_ELEMENTS = 1 << 21
-# Bound on taps * rows summed in one fused pass of the blocked kernel gradient: 16 rows
-# for 3x3 was fastest among 4/8/16 rows, and compile time grows with the product.
-_MAX_BLOCK_TERMS = 144
-# On small inputs, rows per block grow only until the stacked per-tap partial sums fit
-# in this many elements (compile time grows with the rows).
+# Bound on taps * rows summed in one fused pass of the blocked kernel gradient. Longer
+# blocks leave smaller partial sums to reduce; measured at the V3-large shapes, 576 ran
+# the 15 layers' forward + backward in 0.46 s vs 0.64 s with 144, and compiled as fast.
+_MAX_BLOCK_TERMS = 576
+# Rows per block grow only until the stacked per-tap partial sums fit in this many
+# elements (compile time grows with the rows).
 _MAX_PARTIAL_SUM_ELEMENTS = 1 << 22
 
 
@@ -120,38 +113,6 @@ def _grouped(x, kernel, strides):
       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
 
 
-def _interior(size, window, before, stride, out):
-  """Output positions [lo, hi) whose window lies inside [0, size) (no zero padding read)."""
-  lo = min(max(0, -(-before // stride)), out)
-  hi = max(min((size - window + before) // stride + 1, out), lo)
-  return lo, hi
-
-
-def _split(lo, hi, out):
-  """[0, out) as the border before the interior, the interior and the border after."""
-  return [(a, b) for a, b in ((0, lo), (lo, hi), (hi, out)) if b > a]
-
-
-def _source_window(src, rows, cols, before, window, stride):
-  """The part of zero-extended `src` read by outputs `rows` x `cols`, with its origin.
-
-  Returns (array, row0, col0) such that zero-extended src[s * o + i - before] is
-  array[row0 + s * (o - rows[0]) + i]. Inside `src` that is `src` itself (no copy); near
-  the border it is a small zero-padded copy of the window.
-  """
-  extents = []
-  for (o0, o1), b, k, size in zip((rows, cols), before, window, src.shape[1:3]):
-    start = stride * o0 - b
-    extents.append((start, stride * (o1 - 1) - b + k, size))
-  if all(0 <= start and stop <= size for start, stop, size in extents):
-    return src, extents[0][0], extents[1][0]
-  (r0, r1, h), (c0, c1, w) = extents
-  inside = src[:, max(r0, 0):min(r1, h), max(c0, 0):min(c1, w), :]
-  padded = jnp.pad(inside, ((0, 0), (max(0, -r0), max(0, r1 - h)), (max(0, -c0), max(0, c1 - w)),
-                            (0, 0)))
-  return padded, 0, 0
-
-
 def _strided_window(a, row, col, rows, cols, row_step, col_step):
   """a[:, row::row_step][:, :rows], a[:, :, col::col_step][:, :, :cols] in one slice."""
   n, _, _, c = a.shape
@@ -161,81 +122,55 @@ def _strided_window(a, row, col, rows, cols, row_step, col_step):
       (1, row_step, col_step, 1))
 
 
-def _regions(src_shape, window, before, stride, out_shape, split_border):
-  """Row ranges and column ranges of the output: the whole of it, or border | interior."""
-  if not split_border:
-    return [(0, out_shape[0])], [(0, out_shape[1])]
-  return tuple(_split(*_interior(src_shape[d + 1], window[d], before[d], stride, out_shape[d]),
-                      out_shape[d]) for d in (0, 1))
+def _padded(x, before, after):
+  """x zero-padded by before[d] / after[d] rows and columns (negative: cropped)."""
+  return lax.pad(x, jnp.zeros((), x.dtype),
+                 ((0, 0, 0), (before[0], after[0], 0), (before[1], after[1], 0), (0, 0, 0)))
 
 
-def _correlate(src, taps, out_shape, before, stride, acc_dtype, split_border):
+def _correlate(src, taps, out_shape, before, stride, acc_dtype):
   """out[o, p] = sum_ij src[s * o + i - before[0], s * p + j - before[1]] * taps[i, j].
 
-  `src` is NHWC and read as zero outside its extent; taps is (kh, kw, C). With
-  `split_border` the zero padding is never materialised for the whole tensor: the output
-  is assembled from the interior, which reads `src` directly, and thin border strips,
-  which read small padded copies. Padding a large activation costs a full extra pass
-  (measured on CPU: 5-10x slower stride-2 forward at 32x112x112x64); on small
-  ones the single padded region compiles much faster.
+  `src` is NHWC and read as zero outside its extent; taps is (kh, kw, C). All taps are
+  summed in one fused elementwise pass over a padded copy of `src`.
   """
   kh, kw = taps.shape[:2]
+  rows, cols = out_shape
+  window = _padded(src, before, [stride * (out - 1) + k - size - b for out, k, size, b in
+                                 zip(out_shape, (kh, kw), src.shape[1:3], before)])
+  window = window.astype(acc_dtype)
   taps = taps.astype(acc_dtype)
-  row_parts, col_parts = _regions(src.shape, (kh, kw), before, stride, out_shape, split_border)
-
-  def region(rows, cols):
-    window, row0, col0 = _source_window(src, rows, cols, before, (kh, kw), stride)
-    window = window.astype(acc_dtype)
-    out = None
-    for i in range(kh):
-      for j in range(kw):
-        term = _strided_window(window, row0 + i, col0 + j, rows[1] - rows[0],
-                               cols[1] - cols[0], stride, stride) * taps[i, j]
-        out = term if out is None else out + term
-    return out
-
-  def concat(parts, axis):
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
-
-  return concat([concat([region(rows, cols) for cols in col_parts], axis=2)
-                 for rows in row_parts], axis=1)
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      term = _strided_window(window, i, j, rows, cols, stride, stride) * taps[i, j]
+      out = term if out is None else out + term
+  return out
 
 
-def _is_large(x_shape, kernel_shape):
-  """Whether shifted_vjp takes its run-time-optimised (slower to compile) path."""
-  n, h, w, c = x_shape
-  kh, kw = kernel_shape[:2]
-  return n * h * w * c >= _LARGE_MIN_ELEMENTS and h >= 4 * kh and w >= 4 * kw
-
-
-def _shifted_sum(x, kernel, strides, split_border):
+def _shifted(x, kernel, strides):
   kh, kw = kernel.shape[:2]
   ph, pw = _padding(kernel.shape)
   out_shape = (_output_size(x.shape[1], kh, ph, strides),
                _output_size(x.shape[2], kw, pw, strides))
   y = _correlate(x, kernel[:, :, 0, :], out_shape, (ph, pw), strides,
-                 _accumulation_dtype(x.dtype), split_border)
+                 _accumulation_dtype(x.dtype))
   return y.astype(x.dtype)
-
-
-def _shifted(x, kernel, strides):
-  return _shifted_sum(x, kernel, strides, split_border=False)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _shifted_vjp(x, kernel, strides):
-  return _shifted_sum(x, kernel, strides, _is_large(x.shape, kernel.shape))
+  return _shifted(x, kernel, strides)
 
 
 def _shifted_vjp_forward(x, kernel, strides):
-  return _shifted_sum(x, kernel, strides, _is_large(x.shape, kernel.shape)), (x, kernel)
+  return _shifted(x, kernel, strides), (x, kernel)
 
 
 def _shifted_vjp_backward(strides, residuals, grad_out):
   x, kernel = residuals
-  split_border = _is_large(x.shape, kernel.shape)
-  return (_input_grad(grad_out, kernel, x.shape, strides, split_border).astype(x.dtype),
-          _kernel_grad(x, grad_out, kernel.shape, strides, split_border).astype(kernel.dtype))
+  return (_input_grad(grad_out, kernel, x.shape, strides).astype(x.dtype),
+          _kernel_grad(x, grad_out, kernel.shape, strides).astype(kernel.dtype))
 
 
 _shifted_vjp.defvjp(_shifted_vjp_forward, _shifted_vjp_backward)
@@ -255,7 +190,7 @@ def _phase_taps(k, pad, stride, phase):
   return rho, count, count - 1 - (phase + pad) // stride
 
 
-def _input_grad(grad_out, kernel, x_shape, s, split_border):
+def _input_grad(grad_out, kernel, x_shape, s):
   """Transposed depthwise conv, one stride phase of the input at a time.
 
   Input rows s * a + r only receive the taps i = (r + pad) mod s + s * m, so each phase is
@@ -276,7 +211,7 @@ def _input_grad(grad_out, kernel, x_shape, s, split_border):
       if row_count and col_count:
         taps = kernel[row_first::s, col_first::s, 0, :][::-1, ::-1]
         row.append(_correlate(grad_out, taps, (phase_rows, phase_cols),
-                              (row_before, col_before), 1, acc_dtype, split_border))
+                              (row_before, col_before), 1, acc_dtype))
       else:  # stride larger than the kernel: no tap reaches this phase
         row.append(jnp.zeros((n, phase_rows, phase_cols, c), acc_dtype))
     phases.append(jnp.stack(row, axis=3))
@@ -285,39 +220,19 @@ def _input_grad(grad_out, kernel, x_shape, s, split_border):
   return grad[:, :h, :w, :]
 
 
-def _kernel_grad(x, grad_out, kernel_shape, s, split_border):
-  """sum over (n, o, p) of x[n, s*o + i - ph, s*p + j - pw] * grad_out[n, o, p] per tap.
-
-  Without `split_border` (small inputs): one region over a padded copy of x, in row
-  blocks only as long as a memory budget requires. With it (x is never padded as a
-  whole, see _correlate): the interior in the longest row blocks, which run fastest,
-  and the four thin border strips (top and bottom full width, left and right beside the
-  interior) one row per block, which keeps their share of the compile time small.
-  """
+def _kernel_grad(x, grad_out, kernel_shape, s):
+  """sum over (n, o, p) of x[n, s*o + i - ph, s*p + j - pw] * grad_out[n, o, p] per tap."""
   kh, kw = kernel_shape[:2]
   ph, pw = _padding(kernel_shape)
-  ho, wo = grad_out.shape[1:3]
   acc_dtype = _accumulation_dtype(grad_out.dtype)
-  if split_border:
-    (r0, r1), (c0, c1) = (_interior(x.shape[d + 1], kernel_shape[d], (ph, pw)[d], s,
-                                    grad_out.shape[d + 1]) for d in (0, 1))
-    regions = [((r0, r1), (c0, c1), _MAX_BLOCK_TERMS, None)] + [
-        (rows, cols, kh * kw, None)
-        for rows, cols in (((0, r0), (0, wo)), ((r1, ho), (0, wo)), ((r0, r1), (0, c0)),
-                           ((r0, r1), (c1, wo)))
-        if rows[1] > rows[0] and cols[1] > cols[0]]
-  else:
-    regions = [((0, ho), (0, wo), _MAX_BLOCK_TERMS, _MAX_PARTIAL_SUM_ELEMENTS)]
-  total = 0.0
-  for rows, cols, max_terms, budget in regions:
-    window, row0, col0 = _source_window(x, rows, cols, (ph, pw), (kh, kw), s)
-    grad = grad_out[:, rows[0]:rows[1], cols[0]:cols[1], :]
-    total = total + _blocked_tap_sums(window.astype(acc_dtype), row0, col0,
-                                      grad.astype(acc_dtype), kh, kw, s, max_terms, budget)
-  return total.reshape(kh, kw, 1, x.shape[-1])
+  rows, cols = grad_out.shape[1:3]
+  window = _padded(x, (ph, pw), [s * (out - 1) + k - size - pad for out, k, size, pad in
+                                 zip((rows, cols), (kh, kw), x.shape[1:3], (ph, pw))])
+  sums = _blocked_tap_sums(window.astype(acc_dtype), 0, grad_out.astype(acc_dtype), kh, kw, s)
+  return sums.reshape(kh, kw, 1, x.shape[-1])
 
 
-def _blocked_tap_sums(window, row0, col0, grad, kh, kw, s, max_terms, budget):
+def _blocked_tap_sums(window, row0, grad, kh, kw, s):
   """(kh * kw, C): per tap, the sum of the shifted window times grad.
 
   Autodiff of the shifted forward reduces each tap's product separately, and XLA:CPU
@@ -329,14 +244,14 @@ def _blocked_tap_sums(window, row0, col0, grad, kh, kw, s, max_terms, budget):
   form one more, shorter block.
   """
   height, width = grad.shape[1:3]
-  block = _row_block(height, kh * kw, max_terms, kh * kw * grad.size, budget)
+  block = _row_block(height, kh * kw, kh * kw * grad.size)
   blocks = height // block
   partial_sums = []
   for i in range(kh):
     for j in range(kw):
       acc = None
       for r in range(block):
-        term = (_strided_window(window, row0 + s * r + i, col0 + j, blocks, width, s * block, s) *
+        term = (_strided_window(window, row0 + s * r + i, j, blocks, width, s * block, s) *
                 _strided_window(grad, r, 0, blocks, width, block, 1))
         acc = term if acc is None else acc + term
       partial_sums.append(acc)
@@ -344,21 +259,19 @@ def _blocked_tap_sums(window, row0, col0, grad, kh, kw, s, max_terms, budget):
   sums = jnp.sum(stacked, axis=(0, 1, 2))
   done = blocks * block
   if done < height:
-    sums = sums + _blocked_tap_sums(window, row0 + s * done, col0, grad[:, done:], kh, kw, s,
-                                    max_terms, budget)
+    sums = sums + _blocked_tap_sums(window, row0 + s * done, grad[:, done:], kh, kw, s)
   return sums
 
 
-def _row_block(height, taps, max_terms, partial_sum_elements, budget):
-  """Rows summed per block in _blocked_tap_sums: at most max_terms / taps.
+def _row_block(height, taps, partial_sum_elements):
+  """Rows summed per block in _blocked_tap_sums: at most _MAX_BLOCK_TERMS / taps.
 
-  With a `budget`, only as many as keep the stacked partial sums (taps / block of the
-  region per tap) under `budget` elements: every extra row adds taps slices to compile,
-  which dominates on small inputs. A divisor of `height` close below is preferred.
+  Only as many as keep the stacked partial sums (taps / block of the data per tap) under
+  _MAX_PARTIAL_SUM_ELEMENTS: every extra row adds `taps` slices to compile, which
+  dominates on small inputs. A divisor of `height` close below is preferred.
   """
-  block = max(1, min(height, max_terms // taps))
-  if budget is not None:
-    block = min(block, -(-partial_sum_elements // budget))
+  block = max(1, min(height, _MAX_BLOCK_TERMS // taps,
+                     -(-partial_sum_elements // _MAX_PARTIAL_SUM_ELEMENTS)))
   for candidate in range(block, (block + 1) // 2 - 1, -1):
     if height % candidate == 0:
       return candidate

@@ -10,6 +10,8 @@ sharded over a device mesh that reduction spans the global batch, i.e. this beha
 like SyncBatchNorm and a multi-device step equals the single-device step.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,6 +19,58 @@ import jax.numpy as jnp
 # PyTorch's default BatchNorm momentum 0.1 is 0.9 in the flax convention
 # (running = momentum * running + (1 - momentum) * batch).
 DEFAULT_MOMENTUM = 0.9
+
+
+def _scale_shift(x, mean, var, scale, bias, epsilon):
+  multiplier = scale * jax.lax.rsqrt(var + epsilon)
+  shift = bias - mean * multiplier
+  return (x * multiplier.astype(x.dtype) + shift.astype(x.dtype)).astype(x.dtype)
+
+
+def _batch_moments(x):
+  reduce_axes = tuple(range(x.ndim - 1))
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=reduce_axes)
+  # Two-pass variance: E[x^2] - E[x]^2 loses the digits parity needs.
+  return mean, jnp.mean(jnp.square(x32 - mean), axis=reduce_axes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def normalize_with_batch_statistics(x, scale, bias, epsilon):
+  """(BatchNorm of x over all axes but the last, batch mean, biased batch variance).
+
+  The backward pass is the closed form: dx = a * dy + b * x + c per channel, from the
+  two sums of dy and dy * x. Autodiff of the forward pass gives the same numbers through
+  about twice as many elementwise passes and kernels, which XLA then fuses into every
+  consumer (the depthwise kernel-gradient taps read dx 9-25 times).
+  """
+  mean, var = _batch_moments(x)
+  return _scale_shift(x, mean, var, scale, bias, epsilon), mean, var
+
+
+def _normalize_forward(x, scale, bias, epsilon):
+  mean, var = _batch_moments(x)
+  return (_scale_shift(x, mean, var, scale, bias, epsilon), mean, var), (x, scale, mean, var)
+
+
+def _normalize_backward(epsilon, residuals, cotangents):
+  x, scale, mean, var = residuals
+  grad_y, grad_mean, grad_var = cotangents
+  reduce_axes = tuple(range(x.ndim - 1))
+  count = x.size // x.shape[-1]
+  x32, grad_y32 = x.astype(jnp.float32), grad_y.astype(jnp.float32)
+  grad_bias = jnp.sum(grad_y32, axis=reduce_axes)
+  inv_std = jax.lax.rsqrt(var + epsilon)
+  grad_scale = inv_std * (jnp.sum(grad_y32 * x32, axis=reduce_axes) - mean * grad_bias)
+  # dx = a * dy + b * (x - mean) + d, with the batch mean's and variance's own cotangents.
+  a = scale * inv_std
+  b = (2 * grad_var - a * inv_std * grad_scale) / count
+  d = (grad_mean - a * grad_bias) / count
+  grad_x = a * grad_y32 + b * x32 + (d - b * mean)
+  return grad_x.astype(x.dtype), grad_scale, grad_bias
+
+
+normalize_with_batch_statistics.defvjp(_normalize_forward, _normalize_backward)
 
 
 class BatchNorm(nn.Module):
@@ -33,20 +87,14 @@ class BatchNorm(nn.Module):
     running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
     num_batches = self.variable("batch_stats", "num_batches_tracked",
                                 lambda: jnp.zeros((), jnp.int32))
-    if train:
-      reduce_axes = tuple(range(x.ndim - 1))
-      x32 = x.astype(jnp.float32)
-      mean = jnp.mean(x32, axis=reduce_axes)
-      # Two-pass variance: E[x^2] - E[x]^2 loses the digits parity needs.
-      var = jnp.mean(jnp.square(x32 - mean), axis=reduce_axes)
-      if not self.is_initializing():
-        count = x.size // features
-        unbiased_var = var * (count / max(count - 1, 1))
-        running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
-        running_var.value = self.momentum * running_var.value + (1 - self.momentum) * unbiased_var
-        num_batches.value = num_batches.value + 1
-    else:
-      mean, var = running_mean.value, running_var.value
-    multiplier = scale * jax.lax.rsqrt(var + self.epsilon)
-    shift = bias - mean * multiplier
-    return (x * multiplier.astype(self.dtype) + shift.astype(self.dtype)).astype(self.dtype)
+    x = x.astype(self.dtype)
+    if not train:
+      return _scale_shift(x, running_mean.value, running_var.value, scale, bias, self.epsilon)
+    y, mean, var = normalize_with_batch_statistics(x, scale, bias, self.epsilon)
+    if not self.is_initializing():
+      count = x.size // features
+      unbiased_var = var * (count / max(count - 1, 1))
+      running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+      running_var.value = self.momentum * running_var.value + (1 - self.momentum) * unbiased_var
+      num_batches.value = num_batches.value + 1
+    return y

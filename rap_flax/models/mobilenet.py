@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from rap_flax.layers.attention import AttentionConfig
-from rap_flax.layers.conv import ConvBlock, conv2d
+from rap_flax.layers.conv import Conv, ConvBlock
 from rap_flax.layers.norm import BatchNorm
 
 xavier_normal = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
@@ -199,8 +199,8 @@ class Classifier(nn.Module):
 
   @nn.compact
   def __call__(self, pooled: jax.Array) -> jax.Array:
-    logits = conv2d(self.num_classes, 1, use_bias=True, dtype=self.dtype,
-                    kernel_init=xavier_normal, name="conv")(pooled)
+    logits = Conv(self.num_classes, 1, use_bias=True, dtype=self.dtype,
+                  kernel_init=xavier_normal, name="conv")(pooled)
     return logits.reshape(logits.shape[0], -1)
 
 
