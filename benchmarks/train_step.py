@@ -1,71 +1,82 @@
 """Training-step throughput: rap_flax against the PyTorch model with the upstream layout.
 
-Times the full step of the real training loop (`rap_flax.training.train_lib.make_train_step`:
-forward, backward, SGD with momentum 0.9 and coupled weight decay 1e-4) and, in the same
-run, torch's forward + backward + torch.optim.SGD step of `rap_flax.torch_models` with the
-same model, batch and thread count. Prints both throughputs and the ratio; writes JSON.
+Flax side: the real training step (`rap_flax.training.train_lib.make_train_step`: forward,
+backward, SGD with momentum 0.9 and coupled weight decay 1e-4). PyTorch side: forward +
+backward + torch.optim.SGD of `rap_flax.torch_models` (the upstream state-dict layout, NCHW),
+same model, batch and thread count. Each side runs in its own process, rounds alternate
+(flax, torch, torch, flax, ...), and each round is a fresh process: the Flax compile is cold
+every round and reported as `compile_overhead_s` (first step minus a steady step).
 
-  python benchmarks/train_step.py                      # CPU, 2 threads, float32
-  python benchmarks/train_step.py --dtype=bfloat16 --baseline=none   # on a GPU
+  python benchmarks/train_step.py                              # V3-large + SRAP, CPU, 2 threads
+  python benchmarks/train_step.py --arch=mobilenetv3_large,mobilenetv1,mobilenetv2
 
-The thread count must be fixed before jax starts, so this script sets XLA_FLAGS itself.
+Refuses to start on a busy machine (see harness.py). Writes benchmarks/results/train_step.json.
 """
 
+from __future__ import annotations
+
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 
+import harness
 
-def parse_args():
+SIDES = ("flax", "torch")
+
+
+def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--arch", default="mobilenetv3_large")
+  parser.add_argument("--arch", default="mobilenetv3_large",
+                      help="comma-separated architectures, one case each")
   parser.add_argument("--attention", default="srap")
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--image_size", type=int, default=224)
   parser.add_argument("--num_classes", type=int, default=120)
-  parser.add_argument("--steps", type=int, default=5, help="timed steps per framework")
-  parser.add_argument("--warmup", type=int, default=2)
-  parser.add_argument("--threads", type=int, default=2, help="CPU threads for both frameworks")
+  parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+  parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--depthwise_implementation", default="auto")
   parser.add_argument("--baseline", default="torch", choices=("torch", "none"),
-                      help="torch: same-run PyTorch CPU baseline; none: Flax only (GPU)")
-  parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
-                                                        "train_step.json"))
-  return parser.parse_args()
+                      help="none: Flax only")
+  harness.add_common_flags(parser, "train_step.json")
+  return parser.parse_args(argv)
 
 
-def _median_seconds(step, warmup: int, steps: int) -> float:
-  for _ in range(warmup):
+def _time_steps(step, first_steps: int, steps: int) -> dict:
+  start = time.perf_counter()
+  step()
+  first = time.perf_counter() - start
+  for _ in range(first_steps):
     step()
   times = []
   for _ in range(steps):
     start = time.perf_counter()
     step()
     times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  steady = statistics.median(times)
+  return {"first_step_s": first, "step_s": steady, "step_times_s": times,
+          "compile_overhead_s": first - steady}
 
 
-def time_flax(args) -> float:
-  import jax
-  import numpy as np
+def flax_worker(args, arch: str) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
   from rap_flax.training import config_lib, optim, parallel, train_lib, train_state
 
   config = config_lib.base_config()
-  config.model.arch, config.model.attention = args.arch, args.attention
-  config.model.dtype = args.dtype
+  config.model.arch, config.model.attention, config.model.dtype = arch, args.attention, args.dtype
+  config.model.depthwise_implementation = args.depthwise_implementation
   mesh = parallel.create_mesh()
   model = train_state.create_model(config, args.num_classes)
   tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, 10_000))
   state = train_state.create_train_state(model, tx, args.image_size, 0,
                                          parallel.replicated_sharding(mesh))
   rng = np.random.default_rng(0)
+  size = args.image_size
   batch = parallel.make_global_batch({
-      "image": rng.uniform(size=(args.batch_size, args.image_size, args.image_size, 3))
-               .astype(np.float32),
+      "image": rng.uniform(size=(args.batch_size, size, size, 3)).astype(np.float32),
       "label": rng.integers(0, args.num_classes, args.batch_size).astype(np.int32),
       "mask": np.ones(args.batch_size, bool)}, parallel.data_sharding(mesh))
   train_step = train_lib.make_train_step(model, 0.0, mesh)
@@ -74,16 +85,19 @@ def time_flax(args) -> float:
   def step():
     holder[0], metrics = train_step(holder[0], batch)
     jax.block_until_ready(metrics)
-  return _median_seconds(step, args.warmup, args.steps)
+
+  result = _time_steps(step, args.warmup, args.steps)
+  return {**result, "backend": jax.default_backend(), "device": str(jax.devices()[0]),
+          "jax": jax.__version__}
 
 
-def time_torch(args) -> float:
-  import torch
+def torch_worker(args, arch: str) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
   from rap_flax import torch_models
 
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
-  model = torch_models.create_model(args.arch, args.num_classes, args.attention).train()
+  model = torch_models.create_model(arch, args.num_classes, args.attention).train()
   optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
   images = torch.rand(args.batch_size, 3, args.image_size, args.image_size)
   labels = torch.randint(0, args.num_classes, (args.batch_size,))
@@ -93,40 +107,70 @@ def time_torch(args) -> float:
     loss = torch.nn.functional.cross_entropy(model(images), labels)
     loss.backward()
     optimizer.step()
-  return _median_seconds(step, args.warmup, args.steps)
+
+  return {**_time_steps(step, args.warmup, args.steps), "torch": torch.__version__,
+          "torch_threads": torch.get_num_threads()}
 
 
-def main():
-  args = parse_args()
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + f" --xla_cpu_multi_thread_eigen=true"
-                             f" intra_op_parallelism_threads={args.threads}")
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  import jax
+def worker_main(args) -> None:
+  harness.pin_threads(args.threads)
+  side, arch = args.worker.split(":")
+  run = flax_worker if side == "flax" else torch_worker
+  harness.worker_result(run(args, arch))
 
-  results = {"arch": args.arch, "attention": args.attention, "batch_size": args.batch_size,
-             "image_size": args.image_size, "dtype": args.dtype, "threads": args.threads,
-             "backend": jax.default_backend(), "device": str(jax.devices()[0]),
-             "machine": platform.processor() or platform.machine(),
-             "jax_version": jax.__version__}
-  flax_seconds = time_flax(args)
-  results["flax_seconds_per_step"] = flax_seconds
-  results["flax_images_per_second"] = args.batch_size / flax_seconds
-  print(f"flax  ({results['backend']}, {args.dtype}): {flax_seconds * 1e3:8.1f} ms/step "
-        f"{results['flax_images_per_second']:8.1f} images/s")
-  if args.baseline == "torch":
-    import torch
-    torch_seconds = time_torch(args)
-    results.update(torch_version=torch.__version__, torch_seconds_per_step=torch_seconds,
-                   torch_images_per_second=args.batch_size / torch_seconds,
-                   flax_over_torch=torch_seconds / flax_seconds)
-    print(f"torch (cpu, float32):      {torch_seconds * 1e3:8.1f} ms/step "
-          f"{results['torch_images_per_second']:8.1f} images/s")
-    print(f"ratio flax/torch throughput: {results['flax_over_torch']:.2f}x")
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(results, f, indent=2)
-  print(f"wrote {args.output}")
+
+def case_report(args, arch: str, rounds: dict) -> dict:
+  case = {"arch": arch, "attention": args.attention, "batch_size": args.batch_size,
+          "image_size": args.image_size, "dtype": args.dtype,
+          "depthwise_implementation": args.depthwise_implementation}
+  for side, results in rounds.items():
+    case[side] = {"step_s": harness.summary([r["step_s"] for r in results]),
+                  "images_per_s": args.batch_size / statistics.median(
+                      r["step_s"] for r in results),
+                  "compile_overhead_s": harness.summary(
+                      [r["compile_overhead_s"] for r in results]),
+                  "per_round": results}
+  if "torch" in rounds:
+    # Throughput ratio: torch seconds per step over flax seconds per step.
+    case["flax_over_torch"] = harness.ratio(case["torch"]["step_s"], case["flax"]["step_s"])
+  return case
+
+
+def print_case(case: dict) -> None:
+  flax = case["flax"]
+  line = (f"{case['arch']} + {case['attention']}, batch {case['batch_size']}, "
+          f"{case['image_size']}px: flax {1e3 * flax['step_s']['median']:.0f} ms/step "
+          f"[{1e3 * flax['step_s']['min']:.0f}-{1e3 * flax['step_s']['max']:.0f}], compile "
+          f"overhead {flax['compile_overhead_s']['median']:.1f} s")
+  if "torch" in case:
+    torch_step, ratio = case["torch"]["step_s"], case["flax_over_torch"]
+    line += (f"; torch {1e3 * torch_step['median']:.0f} ms/step "
+             f"[{1e3 * torch_step['min']:.0f}-{1e3 * torch_step['max']:.0f}]; flax/torch "
+             f"{ratio['median']:.2f}x [{ratio['min']:.2f}-{ratio['max']:.2f}]")
+  print(line, flush=True)
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  if args.worker:
+    worker_main(args)
+    return
+  harness.check_idle(args.allow_loaded)
+  load_before = harness.load_average()
+  sides = SIDES if args.baseline == "torch" else SIDES[:1]
+  forwarded = [a for a in (argv if argv is not None else sys.argv[1:])
+               if not a.startswith("--worker")]
+  cases = []
+  for arch in args.arch.split(","):
+    rounds = harness.alternate(
+        sides, args.rounds,
+        lambda side, arch=arch: harness.run_worker(__file__, f"{side}:{arch}", forwarded))
+    cases.append(case_report(args, arch, rounds))
+    print_case(cases[-1])
+  harness.write_report(args.output, {
+      "benchmark": "train_step", "machine": harness.machine(args.threads),
+      "load_before": load_before, "load_after": harness.load_average(),
+      "rounds": args.rounds, "steps_per_round": args.steps, "cases": cases})
 
 
 if __name__ == "__main__":

@@ -101,10 +101,9 @@ def test_matches_torch_groups_conv(implementation, case):
 @pytest.mark.parametrize("case, max_rows", BLOCKED_CASES,
                          ids=lambda v: _case_id(v) if isinstance(v, tuple) else f"rows{v}")
 def test_shifted_vjp_blocked_kernel_gradient_matches_grouped(monkeypatch, case, max_rows):
-  monkeypatch.setattr(depthwise, "_MAX_PARTIAL_SUM_ELEMENTS", 1)
-  monkeypatch.setattr(depthwise, "_MAX_BLOCK_TERMS", max_rows * case[0] ** 2)
+  monkeypatch.setattr(depthwise, "_MAX_BLOCK_ROWS", max_rows)
   rows = depthwise._output_size(case[2], case[0], case[0] // 2, case[1])
-  block = depthwise._row_block(rows, case[0] ** 2, rows * case[0] ** 2)
+  block = depthwise._row_block(rows)
   assert 1 < block < rows and rows % block, (rows, block)
   got = _jax_outputs("shifted_vjp", case)  # shapes unique to this test: traced here
   want = _jax_outputs("grouped", case)

@@ -81,6 +81,17 @@ def top_n_counts(channels: int, rates: Sequence[float]) -> tuple[int, ...]:
   return (*counts, channels - sum(counts))
 
 
+def _largest_descending(values: jax.Array, n: int) -> jax.Array:
+  """The n largest values of each row, in descending order.
+
+  A full sort along the channels rather than `lax.top_k`: XLA partitions a sort over its
+  batch dimension, so under a batch-sharded jit each device ranks its own examples,
+  whereas top_k gathered every device's descriptors onto each device (two all-gathers
+  per gate and step).
+  """
+  return -jnp.sort(-values, axis=-1)[:, :n]
+
+
 def interleave_top_n(descriptors: Sequence[jax.Array], counts: Sequence[int]) -> jax.Array:
   """Top-n values of each descriptor (descending), interleaved, then the leftover tails.
 
@@ -88,7 +99,7 @@ def interleave_top_n(descriptors: Sequence[jax.Array], counts: Sequence[int]) ->
   followed by t1[m:], t2[m:], t3[m:] in order. This covers both upstream cases (equal
   counts, where the tails are empty, and unequal ones).
   """
-  tops = [jax.lax.top_k(d, n)[0] if n else d[:, :0] for d, n in zip(descriptors, counts)]
+  tops = [_largest_descending(d, n) for d, n in zip(descriptors, counts)]
   m = min(counts)
   batch = descriptors[0].shape[0]
   heads = jnp.stack([t[:, :m] for t in tops], axis=-1).reshape(batch, m * len(tops))

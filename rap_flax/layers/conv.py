@@ -68,6 +68,7 @@ class ConvBlock(nn.Module):
   depthwise: bool = False
   use_bn: bool = True
   dtype: jnp.dtype = jnp.float32
+  depthwise_implementation: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -75,7 +76,8 @@ class ConvBlock(nn.Module):
       if self.features != x.shape[-1]:
         raise ValueError(f"A depthwise ConvBlock keeps the channel count; got "
                          f"{x.shape[-1]} in, {self.features} out.")
-      x = DepthwiseConv(self.kernel_size, self.strides, dtype=self.dtype, name="conv")(x)
+      x = DepthwiseConv(self.kernel_size, self.strides, dtype=self.dtype,
+                        implementation=self.depthwise_implementation, name="conv")(x)
     else:
       x = Conv(self.features, self.kernel_size, self.strides, dtype=self.dtype,
                name="conv")(x)

@@ -84,11 +84,13 @@ class SeparableUnit(nn.Module):
   strides: int
   attention: AttentionConfig | None
   dtype: jnp.dtype = jnp.float32
+  depthwise_implementation: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     identity = x
     x = ConvBlock(x.shape[-1], 3, self.strides, "relu", depthwise=True, dtype=self.dtype,
+                  depthwise_implementation=self.depthwise_implementation,
                   name="conv_dw")(x, train)
     x = _gate(self.attention, x, train, after_projection=False)
     x = ConvBlock(self.out_channels, 1, 1, "relu", dtype=self.dtype, name="conv_pw")(x, train)
@@ -105,6 +107,7 @@ class InvertedResidualUnit(nn.Module):
   activation: str
   attention: AttentionConfig | None
   dtype: jnp.dtype = jnp.float32
+  depthwise_implementation: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -112,7 +115,8 @@ class InvertedResidualUnit(nn.Module):
     block = functools.partial(ConvBlock, dtype=self.dtype)
     x = block(self.mid_channels, 1, 1, self.activation, name="conv1")(x, train)
     x = block(self.mid_channels, self.kernel_size, self.strides, self.activation,
-              depthwise=True, name="conv2")(x, train)
+              depthwise=True, depthwise_implementation=self.depthwise_implementation,
+              name="conv2")(x, train)
     x = _gate(self.attention, x, train, after_projection=False)
     x = block(self.out_channels, 1, 1, "none", name="conv3")(x, train)
     x = _gate(self.attention, x, train, after_projection=True)
@@ -150,6 +154,7 @@ class Backbone(nn.Module):
   cifar: bool = False
   lightweight_head: bool = False
   dtype: jnp.dtype = jnp.float32
+  depthwise_implementation: str = "auto"
 
   def scaled(self, channels: int) -> int:
     return int(channels * self.width_multiplier)
@@ -169,12 +174,14 @@ class Backbone(nn.Module):
         attention = self.attention if gated else None
         if spec.family == "v1":
           units.append(functools.partial(
-              SeparableUnit, self.scaled(out_channels), unit_strides, attention, self.dtype))
+              SeparableUnit, self.scaled(out_channels), unit_strides, attention, self.dtype,
+              self.depthwise_implementation))
         else:
           units.append(functools.partial(
               InvertedResidualUnit, self.scaled(spec.mids[stage_index][unit_index]),
               self.scaled(out_channels), spec.kernels[stage_index], unit_strides,
-              spec.activations[stage_index], attention, self.dtype))
+              spec.activations[stage_index], attention, self.dtype,
+              self.depthwise_implementation))
       x = Stage(tuple(units), name=f"stage{stage_index + 1}")(x, train)
     if spec.final_channels is not None:
       final_channels = (self.scaled(spec.final_channels) if self.width_multiplier > 1
@@ -213,6 +220,7 @@ class MobileNet(nn.Module):
   cifar: bool = False
   lightweight_head: bool = False
   dtype: jnp.dtype = jnp.float32
+  depthwise_implementation: str = "auto"
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -220,5 +228,6 @@ class MobileNet(nn.Module):
       raise ValueError(f"Expected NHWC images with 3 channels, got shape {images.shape}; "
                        "transpose NCHW (PyTorch) batches with x.transpose(0, 2, 3, 1).")
     pooled = Backbone(ARCHS[self.arch], self.attention, self.width_multiplier, self.cifar,
-                      self.lightweight_head, self.dtype, name="backbone")(images, train)
+                      self.lightweight_head, self.dtype, self.depthwise_implementation,
+                      name="backbone")(images, train)
     return Classifier(self.num_classes, self.dtype, name="classifier")(pooled).astype(jnp.float32)

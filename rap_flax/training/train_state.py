@@ -34,7 +34,9 @@ def model_fields(config: ml_collections.ConfigDict, num_classes: int) -> dict[st
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   fields = model_fields(config, num_classes)
-  return models.create_model(fields.pop("arch"), dtype=config.model.dtype, **fields)
+  return models.create_model(fields.pop("arch"), dtype=config.model.dtype,
+                             depthwise_implementation=config.model.depthwise_implementation,
+                             **fields)
 
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, image_size: int, seed: int):

@@ -1,0 +1,51 @@
+"""The batch-sharded train step communicates only through all-reduces.
+
+Compiled on 8 simulated devices with the project's own mesh and shardings, the step of
+MobileNetV3-large + SRAP must keep every per-example computation (the gates' top-n ranking
+included) on the device that holds the example: the only collectives are all-reduces of the
+gradients and of the global-batch BatchNorm statistics.
+"""
+
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+
+SCRIPT = """
+import collections, json, re
+import jax, numpy as np
+from rap_flax.training import config_lib, optim, parallel, train_lib, train_state
+
+config = config_lib.base_config()
+config.model.arch, config.model.attention = "mobilenetv3_large", "srap"
+config.model.width_multiplier = 0.25
+config.model.depthwise_implementation = "grouped"  # the fastest to compile
+mesh = parallel.create_mesh()
+assert mesh.size == 8, mesh
+model = train_state.create_model(config, 10)
+tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 10, 100))
+state = train_state.abstract_train_state(model, tx, 64, parallel.replicated_sharding(mesh))
+sharding = parallel.data_sharding(mesh)
+batch = {"image": jax.ShapeDtypeStruct((16, 64, 64, 3), np.float32, sharding=sharding),
+         "label": jax.ShapeDtypeStruct((16,), np.int32, sharding=sharding),
+         "mask": jax.ShapeDtypeStruct((16,), bool, sharding=sharding)}
+hlo = train_lib.make_train_step(model, 0.0, mesh).lower(state, batch).compile().as_text()
+print(json.dumps(hlo))
+"""
+
+COLLECTIVE = re.compile(r"= \S+ (all-gather|all-reduce|all-to-all|collective-permute|"
+                        r"reduce-scatter|collective-broadcast)(?:-start)?\(")
+
+
+def test_eight_device_train_step_has_all_reduces_and_no_all_gather():
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  hlo = json.loads(result.stdout.strip().splitlines()[-1])
+  collectives = collections.Counter(COLLECTIVE.findall(hlo))
+  assert collectives["all-reduce"] > 0, "gradients must be all-reduced"
+  assert set(collectives) == {"all-reduce"}, collectives
