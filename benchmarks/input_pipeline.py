@@ -16,28 +16,26 @@ Dogs: upstream decodes and resizes every image every epoch; ours caches the 256x
 the first epoch, so the steady-state epochs only crop, flip and scale brightness. Both the first
 epoch and the cached epochs are reported; the ratio uses the cached ones (every epoch but one).
 
+The baseline and ours run in separate processes, each pinned to one core, in alternating
+rounds (pil, ours, ours, pil, ...); every round is a fresh process. Refuses to start on a busy
+machine (see harness.py).
+
     python benchmarks/input_pipeline.py [--output benchmarks/results/input_pipeline.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
 
-# Pin before numpy/tensorflow start their thread pools, which size themselves to the CPU set.
-_CORE = min(os.sched_getaffinity(0))
-os.sched_setaffinity(0, {_CORE})
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import harness  # noqa: E402
 from rap_flax import data  # noqa: E402
 from rap_flax.data import catalog, pil_reference, prepare, testing  # noqa: E402
 
@@ -136,100 +134,124 @@ def ours_epoch_rates(iterator, batch_size: int, steps_per_epoch: int) -> dict[st
           "whole_epoch_cpu": steps_per_epoch * batch_size / whole.cpu}
 
 
-def main() -> None:
+def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--dogs_per_class", type=int, default=16,
                       help="generated training images per breed (x120)")
   parser.add_argument("--imagenet_images", type=int, default=1280)
   parser.add_argument("--batch_size", type=int, default=32)
-  parser.add_argument("--rounds", type=int, default=5,
-                      help="alternating baseline/ours rounds; the median is reported")
-  parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
-                                                       "input_pipeline.json"))
-  args = parser.parse_args()
+  parser.add_argument("--root", default=None, help=argparse.SUPPRESS)  # set for the workers
+  harness.add_common_flags(parser, "input_pipeline.json")
+  return parser.parse_args(argv)
+
+
+def write_images(directory: str, images: list[bytes]) -> None:
+  os.makedirs(directory)
+  for index, image in enumerate(images):
+    with open(os.path.join(directory, f"{index:05d}.jpg"), "wb") as f:
+      f.write(image)
+
+
+def read_images(directory: str) -> list[bytes]:
+  images = []
+  for name in sorted(os.listdir(directory)):
+    with open(os.path.join(directory, name), "rb") as f:
+      images.append(f.read())
+  return images
+
+
+def pil_worker(args) -> dict:
   batch = args.batch_size
+  dogs_images = read_images(os.path.join(args.root, "jpegs", "dogs"))
+  imagenet_images = read_images(os.path.join(args.root, "jpegs", "imagenet"))
+  return {
+      "dogs": pil_rates(pil_reference.dogs_train, dogs_images, 4, batch,
+                        len(dogs_images) // batch // 2),
+      "imagenet": pil_rates(pil_reference.imagenet_train, imagenet_images,
+                            4 * pil_reference.RRC_ATTEMPTS + 1, batch,
+                            len(imagenet_images) // batch)}
+
+
+def ours_worker(args) -> dict:
+  batch = args.batch_size
+  tfds_dir = os.path.join(args.root, "tfds")
+  config = lambda dataset: {"dataset": dataset, "data_dir": tfds_dir, "seed": 0, "cache": True,
+                            "shuffle_buffer_size": 4096, "prefetch_batches": 2}
+  one_host = dict(process_index=0, process_count=1)
+  dogs_epoch = len(os.listdir(os.path.join(args.root, "jpegs", "dogs"))) // batch
+  dogs_it = data.create_train_iterator(config("stanford_dogs"), batch, **one_host)
+  first_epoch = ours_rates(dogs_it, batch, dogs_epoch)
+  imagenet_epoch = len(os.listdir(os.path.join(args.root, "jpegs", "imagenet"))) // batch
+  imagenet_it = data.create_train_iterator(config("imagenet2012"), batch, **one_host)
+  return {"dogs_first_epoch": first_epoch,
+          "dogs_cached": ours_epoch_rates(dogs_it, batch, dogs_epoch),
+          "imagenet": ours_epoch_rates(imagenet_it, batch, imagenet_epoch)}
+
+
+def median_of(rounds: list[dict], part: str, key: str = "cpu") -> dict:
+  return harness.summary([r[part][key] for r in rounds])
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  if args.worker:
+    harness.pin_threads(1)
+    harness.worker_result(pil_worker(args) if args.worker == "pil" else ours_worker(args))
+    return
+  harness.check_idle(args.allow_loaded)
+  load_before = harness.load_average()
+  forwarded = [a for a in (argv if argv is not None else sys.argv[1:])
+               if not a.startswith(("--worker", "--root"))]
   with tempfile.TemporaryDirectory() as root:
-    dogs_images = prepare_dogs(root, args.dogs_per_class)
-    imagenet_images = prepare_imagenet(root, args.imagenet_images)
-    tfds_dir = os.path.join(root, "tfds")
-    config = lambda dataset: {"dataset": dataset, "data_dir": tfds_dir, "seed": 0, "cache": True,
-                              "shuffle_buffer_size": 4096, "prefetch_batches": 2}
-    one_host = dict(process_index=0, process_count=1)
-
-    dogs_epoch = len(dogs_images) // batch
-    dogs_it = data.create_train_iterator(config("stanford_dogs"), batch, **one_host)
-    dogs_first_epoch = ours_rates(dogs_it, batch, dogs_epoch)
-    imagenet_epoch = len(imagenet_images) // batch
-    imagenet_it = data.create_train_iterator(config("imagenet2012"), batch, **one_host)
-
-    rounds = {"dogs_pil": [], "dogs_ours_cached": [], "imagenet_pil": [], "imagenet_ours": []}
-    for _ in range(args.rounds):  # alternate, so machine noise hits both sides alike
-      rounds["dogs_pil"].append(pil_rates(pil_reference.dogs_train, dogs_images, 4, batch,
-                                          dogs_epoch // 2))
-      rounds["dogs_ours_cached"].append(ours_epoch_rates(dogs_it, batch, dogs_epoch))
-      rounds["imagenet_pil"].append(pil_rates(
-          pil_reference.imagenet_train, imagenet_images, 4 * pil_reference.RRC_ATTEMPTS + 1,
-          batch, imagenet_epoch))
-      rounds["imagenet_ours"].append(ours_epoch_rates(imagenet_it, batch, imagenet_epoch))
-
-  median = {name: {key: statistics.median(r[key] for r in values) for key in values[0]}
-            for name, values in rounds.items()}
-  dogs_pil, dogs_ours = median["dogs_pil"], median["dogs_ours_cached"]
-  imagenet_pil, imagenet_ours = median["imagenet_pil"], median["imagenet_ours"]
+    write_images(os.path.join(root, "jpegs", "dogs"), prepare_dogs(root, args.dogs_per_class))
+    write_images(os.path.join(root, "jpegs", "imagenet"),
+                 prepare_imagenet(root, args.imagenet_images))
+    rounds = harness.alternate(
+        ("pil", "ours"), args.rounds,
+        lambda side: harness.run_worker(__file__, side, [*forwarded, f"--root={root}"]))
+  pil, ours = rounds["pil"], rounds["ours"]
+  dogs_pil, dogs_ours = median_of(pil, "dogs"), median_of(ours, "dogs_cached")
+  dogs_first = median_of(ours, "dogs_first_epoch")
+  imagenet_pil, imagenet_ours = median_of(pil, "imagenet"), median_of(ours, "imagenet")
   report = {
       "benchmark": "input_pipeline",
-      "unit": "images per CPU-second of the process, pinned to one core (= images/s per core); "
-              "median over rounds. *_wall: images per wall-clock second, same runs",
+      "unit": "images per CPU-second of a process pinned to one core (= images/s per core); "
+              "median, min and max over rounds",
       "method": f"ours: middle of each epoch, {EDGE_BATCHES} batches at each end left out; "
                 "epoch_start_cpu_s: CPU seconds of an epoch's first batch (building its "
                 "pipeline, filling buffers); *_whole_epoch: the whole epoch, setup included",
-      "cpu": platform.processor() or platform.machine(),
-      "cpu_count_visible": os.cpu_count(),
-      "batch_size": batch,
-      "rounds": args.rounds,
-      "image_shapes": SHAPES,
+      "machine": harness.machine(1), "load_before": load_before,
+      "load_after": harness.load_average(), "batch_size": args.batch_size,
+      "rounds": args.rounds, "image_shapes": SHAPES,
       "stanford_dogs_train": {
-          "num_images": len(dogs_images),
-          "pil_torchvision_transforms": dogs_pil["cpu"],
-          "ours_cached_epochs": dogs_ours["cpu"],
-          "ours_first_epoch_decode_resize_cache": dogs_first_epoch["cpu"],
-          "ratio": dogs_ours["cpu"] / dogs_pil["cpu"],
-          "ratio_first_epoch": dogs_first_epoch["cpu"] / dogs_pil["cpu"],
-          "epoch_start_cpu_s": dogs_ours["epoch_start_cpu_s"],
-          "ours_cached_whole_epoch": dogs_ours["whole_epoch_cpu"],
-          "ratio_whole_epoch": dogs_ours["whole_epoch_cpu"] / dogs_pil["cpu"],
-          "pil_wall": dogs_pil["wall"],
-          "ours_cached_epochs_wall": dogs_ours["wall"],
-          "ratio_wall": dogs_ours["wall"] / dogs_pil["wall"],
+          "pil_torchvision_transforms": dogs_pil, "ours_cached_epochs": dogs_ours,
+          "ours_first_epoch_decode_resize_cache": dogs_first,
+          "ratio": harness.ratio(dogs_ours, dogs_pil),
+          "ratio_first_epoch": harness.ratio(dogs_first, dogs_pil),
+          "epoch_start_cpu_s": median_of(ours, "dogs_cached", "epoch_start_cpu_s"),
+          "ours_cached_whole_epoch": median_of(ours, "dogs_cached", "whole_epoch_cpu"),
       },
       "imagenet_train": {
-          "num_images": len(imagenet_images),
-          "pil_torchvision_transforms": imagenet_pil["cpu"],
-          "ours": imagenet_ours["cpu"],
-          "ratio": imagenet_ours["cpu"] / imagenet_pil["cpu"],
-          "epoch_start_cpu_s": imagenet_ours["epoch_start_cpu_s"],
-          "ours_whole_epoch": imagenet_ours["whole_epoch_cpu"],
-          "ratio_whole_epoch": imagenet_ours["whole_epoch_cpu"] / imagenet_pil["cpu"],
-          "pil_wall": imagenet_pil["wall"],
-          "ours_wall": imagenet_ours["wall"],
-          "ratio_wall": imagenet_ours["wall"] / imagenet_pil["wall"],
+          "pil_torchvision_transforms": imagenet_pil, "ours": imagenet_ours,
+          "ratio": harness.ratio(imagenet_ours, imagenet_pil),
+          "epoch_start_cpu_s": median_of(ours, "imagenet", "epoch_start_cpu_s"),
+          "ours_whole_epoch": median_of(ours, "imagenet", "whole_epoch_cpu"),
+          "ratio_whole_epoch": harness.ratio(median_of(ours, "imagenet", "whole_epoch_cpu"),
+                                             imagenet_pil),
       },
       "per_round": rounds,
   }
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, "w") as f:
-    json.dump(report, f, indent=2)
   dogs, imagenet = report["stanford_dogs_train"], report["imagenet_train"]
-  print(f"Stanford Dogs train, images/s/core: PIL {dogs['pil_torchvision_transforms']:.0f}, "
-        f"ours {dogs['ours_cached_epochs']:.0f} (first epoch "
-        f"{dogs['ours_first_epoch_decode_resize_cache']:.0f}) -> ratio {dogs['ratio']:.2f}x "
-        f"({dogs['ratio_first_epoch']:.2f}x first epoch)")
-  print(f"ImageNet train, images/s/core: PIL {imagenet['pil_torchvision_transforms']:.0f}, "
-        f"ours {imagenet['ours']:.0f} -> ratio {imagenet['ratio']:.2f}x "
-        f"({imagenet['ratio_whole_epoch']:.2f}x over whole {imagenet['num_images']}-image epochs "
-        f"with their {imagenet['epoch_start_cpu_s']:.2f} s setup)")
-  print(f"Wrote {args.output}")
+  print(f"Stanford Dogs train, images/s/core: PIL {dogs_pil['median']:.0f}, ours "
+        f"{dogs_ours['median']:.0f} (first epoch {dogs_first['median']:.0f}) -> ratio "
+        f"{dogs['ratio']['median']:.2f}x [{dogs['ratio']['min']:.2f}-{dogs['ratio']['max']:.2f}]"
+        f" ({dogs['ratio_first_epoch']['median']:.2f}x first epoch)")
+  print(f"ImageNet train, images/s/core: PIL {imagenet_pil['median']:.0f}, ours "
+        f"{imagenet_ours['median']:.0f} -> ratio {imagenet['ratio']['median']:.2f}x "
+        f"[{imagenet['ratio']['min']:.2f}-{imagenet['ratio']['max']:.2f}] "
+        f"({imagenet['ratio_whole_epoch']['median']:.2f}x over whole epochs with their setup)")
+  harness.write_report(args.output, report)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,72 @@
+"""The benchmarks refuse a busy machine and report rounds, spread and load."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+LOAD_LIMIT = 0.5 * (os.cpu_count() or 1)  # benchmarks/harness.py: 0.5 per core
+
+
+def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=900,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+@pytest.fixture(scope="class")
+def busy_machine():
+  """Busy child processes, two per core, until the 1-minute load average is over the limit."""
+  children = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+              for _ in range(2 * (os.cpu_count() or 1))]
+  try:
+    deadline = time.monotonic() + 120
+    while os.getloadavg()[0] <= LOAD_LIMIT + 0.2:
+      assert time.monotonic() < deadline, "the load average did not rise"
+      time.sleep(1)
+    yield
+  finally:
+    for child in children:
+      child.kill()
+      child.wait()
+
+
+class TestOnALoadedMachine:  # the busy children live as long as this class's tests
+
+  @pytest.mark.parametrize("script", ["train_step.py", "depthwise_conv.py", "input_pipeline.py"])
+  def test_refuses_to_run(self, busy_machine, tmp_path, script):
+    output = tmp_path / "result.json"
+    result = run_benchmark(script, f"--output={output}")
+    assert result.returncode == 3, result.stderr[-2000:]
+    message = result.stderr.strip().splitlines()
+    assert len(message) == 1 and "load average" in message[0] and "--allow_loaded" in message[0]
+    assert not output.exists()
+
+
+def test_train_step_reports_alternating_rounds_spread_and_load(tmp_path):
+  output = tmp_path / "train_step.json"
+  result = run_benchmark(
+      "train_step.py", "--arch=mobilenetv1", "--image_size=64", "--batch_size=4", "--steps=2",
+      "--rounds=2", "--depthwise_implementation=grouped", "--allow_loaded",
+      f"--output={output}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  # Sides alternate: flax, torch, then torch, flax.
+  order = [line.split()[2].rstrip(":") for line in result.stderr.splitlines()
+           if line.strip().startswith("round ")]
+  assert order == ["flax", "torch", "torch", "flax"], order
+  report = json.loads(output.read_text())
+  assert set(report["load_before"]) == {"1min", "5min", "15min"} and report["load_after"]
+  assert report["machine"]["threads"] >= 1 and report["machine"]["cpu"]
+  (case,) = report["cases"]
+  for side in ("flax", "torch"):
+    step = case[side]["step_s"]
+    assert len(step["rounds"]) == 2 and step["min"] <= step["median"] <= step["max"]
+  assert len(case["flax"]["compile_overhead_s"]["rounds"]) == 2
+  ratio = case["flax_over_torch"]
+  assert ratio["min"] <= ratio["median"] <= ratio["max"]
