@@ -1,38 +1,62 @@
-"""Evaluates a checkpoint on the whole eval split and writes loss/top-1/top-5 as JSON.
+"""Evaluates weights on the whole eval split and writes loss/top-1/top-5 as JSON.
 
   python eval.py --config=configs/digits_srap.py --workdir=/tmp/digits [--checkpoint=latest]
-  python eval.py --config=configs/dogs_srap.py --torch_checkpoint=model.pth
+  python eval.py --config=configs/dogs_srap.py --weights=model_best.pth
 
---checkpoint is "best" (default; highest validation top-1), "latest", or a step number.
+--weights is anything rap_flax.load_variables reads (a training workdir, a converter
+directory, a .pth or .safetensors file; default: --workdir). --checkpoint picks the step of a
+workdir: "best" (default; highest validation top-1), "latest", or a step number; an
+unreadable best/latest step is skipped for the newest readable one.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+import os
+import sys
 
+from absl import flags
+
+from rap_flax import cli, weights
 from rap_flax.training import evaluate, metrics, parallel
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Training workdir holding orbax checkpoints.")
-flags.DEFINE_string("checkpoint", "best", '"best", "latest" or a step number.')
-flags.DEFINE_string("torch_checkpoint", None,
-                    "Upstream PyTorch checkpoint (.pth/.pt/.safetensors) to evaluate instead.")
-flags.DEFINE_string("output", None, "JSON output path (default: <workdir>/eval_<checkpoint>.json).")
+cli.define_config_flag()
+flags.DEFINE_string("workdir", None, "Training workdir (its checkpoints are evaluated, and the "
+                    "JSON goes there).")
+flags.DEFINE_string("weights", None, "Weights to evaluate instead of --workdir's checkpoints: "
+                    "a workdir, a converter directory, a .pth or .safetensors file.")
+flags.DEFINE_string("checkpoint", "best", '"best", "latest" or a step number (workdirs).')
+flags.DEFINE_string("output", None, "JSON output path (default: eval_<checkpoint>.json in the "
+                    "workdir, or beside the weights).")
 parallel.define_distributed_flags()
-flags.mark_flag_as_required("config")
+
+
+def _default_output(source: str) -> str:
+  if weights.is_workdir(source):
+    return os.path.join(source, f"eval_{FLAGS.checkpoint}.json")
+  directory = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
+  return os.path.join(directory, f"eval_{os.path.basename(source.rstrip(os.sep))}.json")
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise ValueError(f"Unexpected arguments: {argv[1:]}; flags take the form --name=value.")
+  source = FLAGS.weights or FLAGS.workdir
+  if not source:
+    raise ValueError("Pass --workdir=WORKDIR (its checkpoints) or --weights=PATH.")
+  config = cli.load_config()
   metrics.quiet_library_logs()
   parallel.initialize_distributed_from_flags()
-  result = evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
-                                        FLAGS.torch_checkpoint, FLAGS.output)
+  result = evaluate.evaluate_checkpoint(config, source, FLAGS.checkpoint)
+  step = f" (step {result['step']})" if result["step"] is not None else ""
   print(f"top1={100 * result['top1']:.2f}% top5={100 * result['top5']:.2f}% "
-        f"loss={result['loss']:.4f} examples={result['num_examples']}")
+        f"loss={result['loss']:.4f} examples={result['num_examples']}{step}", flush=True)
+  output = FLAGS.output or _default_output(source)
+  try:
+    evaluate.write_json(output, result)
+  except OSError as error:
+    print(f"error: could not write {output} ({error.strerror or error}); the numbers above are "
+          "the result. Pass --output=PATH to write them elsewhere.", file=sys.stderr)
+    sys.exit(cli.EXIT_USAGE)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,8 +11,8 @@ from rap_flax.training import config_lib
 
 def get_config():
   config = config_lib.base_config()
-  config.dataset = "digits"
-  config.image_size = 32
+  config.data.dataset = "digits"
+  config.data.image_size = 32
   config.model.arch = "mobilenetv1"
   config.model.attention = "srap"
   config.model.pool_types = ("avg", "std")

@@ -1,6 +1,6 @@
 """ImageNet-1k, MobileNet + MAFC (avg,std): the upstream MAFAttention_main.py recipe.
 
-SPEC §5: batch 256; SGD lr 0.1, momentum 0.9, weight decay 1e-4; lr x0.1 every 30 epochs;
+docs/upstream.md §5: batch 256; SGD lr 0.1, momentum 0.9, weight decay 1e-4; lr x0.1 every 30 epochs;
 100 epochs; random-resized-crop 224 + flip + mean/std normalisation, eval resize 256 + centre
 crop 224; top-1/top-5. Published: MobileNetV1+MAFC 73.13 top-1 / 91.37 top-5 at epoch 100.
 The architecture is the config argument (upstream -a MAFCV1/MAFCV2/MAFCV3):
@@ -14,8 +14,8 @@ from rap_flax.training import config_lib
 
 def get_config(arch: str = "mobilenetv1"):
   config = config_lib.base_config()
-  config.dataset = "imagenet2012"
-  config.image_size = 224
+  config.data.dataset = "imagenet2012"
+  config.data.image_size = 224
   config.model.arch = arch
   config.model.attention = "mafc"
   config.model.pool_types = ("avg", "std")

@@ -11,7 +11,7 @@ from rap_flax import models
 DATA = pathlib.Path(__file__).parent / "data"
 CASES = json.loads((DATA / "cases.json").read_text())
 CASE_NAMES = [case["name"] for case in CASES]
-# SPEC §3: torch sum(p.numel()) of the upstream models, 120 classes, w=1, 224, heavy head.
+# docs/upstream.md §3: torch sum(p.numel()) of the upstream models, 120 classes, w=1, 224, heavy head.
 UPSTREAM_PARAMETER_COUNTS = [
     ("mobilenetv1", ("avg", "std"), (0.5, 0.5), 3_685_352),
     ("mobilenetv2", ("avg", "std"), (0.5, 0.5), 2_952_000),

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rap_flax import models
+from rap_flax import models, spec
 from rap_flax.layers import attention
 
 
@@ -30,14 +30,14 @@ def test_blocks_and_shapes_follow_the_architecture():
 @pytest.mark.parametrize("gate_name", ["srap", "mafc", "cbam", "se"])
 def test_maps_equal_the_gate_output_over_its_input(gate_name):
   """The sown maps are the factors the gate multiplies its input by."""
-  config = attention.AttentionConfig(gate_name, ("std", "avg", "max"),
-                                     None if gate_name == "mafc" else (0.3, 0.5, 0.2))
+  model_spec = spec.ModelSpec("mobilenetv1", 10, gate_name, ("std", "avg", "max"),
+                              None if gate_name == "mafc" else (0.3, 0.5, 0.2))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 5, 32)), jnp.float32)
 
   class Probe(nn.Module):
     @nn.compact
     def __call__(self, x):
-      return config.build(name="gate")(x, train=False)
+      return attention.build_gate(model_spec, name="gate")(x, train=False)
 
   probe = Probe()
   variables = probe.init(jax.random.key(0), x)

@@ -9,7 +9,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from rap_flax.training import config_lib, train_state
+from rap_flax import models
+from rap_flax.training import config_lib
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("*.py") if p.name != "__init__.py")
@@ -47,7 +48,7 @@ def test_config_is_valid_and_documented(name):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_builds_its_model(name):
   config = _load(name)
-  model = train_state.create_model(config, num_classes=7)
+  model = models.from_config(config)
   size = 64 if config.model.cifar else 96
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
                                              train=False))
@@ -56,7 +57,7 @@ def test_config_builds_its_model(name):
 
 def test_recipes_follow_the_spec():
   dogs = _load("dogs_srap.py")
-  assert (dogs.dataset, dogs.model.arch, dogs.model.attention) == (
+  assert (dogs.data.dataset, dogs.model.arch, dogs.model.attention) == (
       "stanford_dogs", "mobilenetv3_large", "srap")
   assert tuple(dogs.model.pool_types) == ("avg", "std") and tuple(dogs.model.rates) == (0.5, 0.5)
   assert not dogs.model.lightweight_head
@@ -68,14 +69,14 @@ def test_recipes_follow_the_spec():
   assert (mrap.model.attention, tuple(mrap.model.pool_types), tuple(mrap.model.rates)) == (
       "mrap", ("avg", "std", "max"), (0.3, 0.5, 0.2))
   imagenet = _load("imagenet_mafc.py")
-  assert (imagenet.dataset, imagenet.model.arch, imagenet.model.attention) == (
+  assert (imagenet.data.dataset, imagenet.model.arch, imagenet.model.attention) == (
       "imagenet2012", "mobilenetv1", "mafc")
   assert (imagenet.batch_size, imagenet.num_epochs, imagenet.lr_schedule,
           imagenet.lr_step_epochs) == (256, 100, "step", 30)
   assert _load("imagenet_mafc.py", "mobilenetv3_large").model.arch == "mobilenetv3_large"
-  assert _load("imagenet100_srap.py").dataset == "imagenet_rein100"
+  assert _load("imagenet100_srap.py").data.dataset == "imagenet_rein100"
   cifar = _load("cifar100_srap.py")
-  assert (cifar.dataset, cifar.image_size, cifar.model.cifar) == ("cifar100", 32, True)
+  assert (cifar.data.dataset, cifar.data.image_size, cifar.model.cifar) == ("cifar100", 32, True)
 
 
 def test_command_line_overrides_apply():
@@ -101,6 +102,7 @@ def test_unknown_field_in_a_config_names_the_fix():
 
 @pytest.mark.parametrize("field, value, message", [
     ("lr_schedule", "linear", "lr_schedule='linear' is unknown"),
+    ("init_from_checkpoint", "newest", "init_from_checkpoint='newest'"),
     ("label_smoothing", 1.0, "label_smoothing"),
     ("lr_milestones", (150, 100), "increasing"),
 ])
@@ -116,3 +118,20 @@ def test_bad_compute_dtype_is_rejected():
   config.model.dtype = "float64"
   with pytest.raises(ValueError, match="model.dtype='float64' is unknown"):
     config_lib.validate_config(config)
+
+
+def test_an_old_data_field_names_its_new_place():
+  from rap_flax.training import config_lib  # pylint: disable=g-import-not-at-top,reimported
+  with pytest.raises(ValueError, match=r"--config.dataset moved to --config.data.dataset; use "
+                     r"--config.data.dataset=cifar10"):
+    config_lib.check_moved_fields(["--config.dataset=cifar10"])
+  config = config_lib.base_config()
+  config.image_size = 64
+  with pytest.raises(ValueError, match=r"'image_size' \(moved to 'data.image_size'\)"):
+    config_lib.validate_config(config)
+
+
+def test_a_recipe_that_extends_another_loads_from_any_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = _flags_config("imagenet100_srap.py:mobilenetv2")
+  assert (config.data.dataset, config.model.arch) == ("imagenet_rein100", "mobilenetv2")

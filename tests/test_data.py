@@ -3,7 +3,6 @@
 import subprocess
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,8 +14,8 @@ ONE_HOST = dict(process_index=0, process_count=1)
 
 
 def make_config(dataset="digits", **overrides):
-  config = ml_collections.ConfigDict(dict(dataset=dataset, seed=0, image_size=32))
-  config.update(overrides)
+  config = data.default_config()
+  config.update({"dataset": dataset, "image_size": 32, **overrides})
   return config
 
 
@@ -31,8 +30,8 @@ def assert_batches_equal(a, b):
 
 
 def test_import_does_not_import_tensorflow():
-  code = ("import sys, ml_collections; from rap_flax import data; "
-          "c = ml_collections.ConfigDict(dict(dataset='digits', seed=0, image_size=16)); "
+  code = ("import sys; from rap_flax import data; "
+          "c = data.default_config(); c.image_size = 16; "
           "next(data.create_train_iterator(c, 8, process_index=0, process_count=1)); "
           "next(data.create_eval_iterator(c, 8, process_index=0, process_count=1)); "
           "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
@@ -103,7 +102,7 @@ def test_eval_pass_is_ordered_padded_and_complete():
 def test_train_is_deterministic_and_seed_dependent():
   first = take(data.create_train_iterator(make_config(), 32, **ONE_HOST), 3)
   second = take(data.create_train_iterator(make_config(), 32, **ONE_HOST), 3)
-  other = take(data.create_train_iterator(make_config(seed=1), 32, **ONE_HOST), 3)
+  other = take(data.create_train_iterator(make_config(), 32, seed=1, **ONE_HOST), 3)
   for a, b in zip(first, second):
     assert_batches_equal(a, b)
   assert not np.array_equal(first[0]["label"], other[0]["label"])
@@ -170,7 +169,7 @@ def test_synthetic_values():
 
 
 @pytest.mark.parametrize("config, kwargs, message", [
-    (make_config("mnist"), {}, "Unknown config.dataset='mnist'"),
+    (make_config("mnist"), {}, "Unknown config.data.dataset='mnist'"),
     (make_config(), dict(batch_size=0), "batch_size must be a positive int"),
     (make_config(), dict(batch_size=2000), "exceeds the 1437 training examples"),
     (make_config(), dict(process_index=2, process_count=2), "process_index=2"),

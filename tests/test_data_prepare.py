@@ -3,7 +3,6 @@ the ReIN subsets, end to end through the data API; bad sources give clear errors
 
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 tf = pytest.importorskip("tensorflow")
@@ -11,8 +10,9 @@ tfds = pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("scipy.io")
 
 from rap_flax import data  # noqa: E402
-from rap_flax.data import catalog, prepare, testing  # noqa: E402
+from rap_flax.data import catalog, prepare  # noqa: E402
 from rap_flax.data.builders import SourceError  # noqa: E402
+from tests import fake_sources  # noqa: E402
 
 NUM_DOGS_CLASSES = 120  # tfds stanford_dogs declares exactly 120 classes
 ONE_HOST = dict(process_index=0, process_count=1)
@@ -31,9 +31,9 @@ def make_dogs_source(root, layout):
   for c, synset in enumerate(synsets):
     for k, split in enumerate(("train", "test") if c < 6 else ("train",)):
       path = f"{synset}/{synset.split('-')[0]}_{k}.jpg"
-      images[path] = testing.flat_jpeg((2 * c, 100, 50), shape=(20 + c % 5, 24))
+      images[path] = fake_sources.flat_jpeg((2 * c, 100, 50), shape=(20 + c % 5, 24))
       lists[split].append(path)
-  testing.write_stanford_dogs_source(str(root), images, lists, layout)
+  fake_sources.write_stanford_dogs_source(str(root), images, lists, layout)
   return synsets
 
 
@@ -41,10 +41,10 @@ def make_dogs_source(root, layout):
 def test_stanford_dogs_prepares_and_loads_with_labels_in_synset_order(layout, tmp_path):
   synsets = make_dogs_source(tmp_path / "source", layout)
   data_dir = str(tmp_path / "tfds")
-  assert prepare.main(["stanford_dogs", f"--source={tmp_path / 'source'}",
-                       f"--data_dir={data_dir}"]) == 0
-  config = ml_collections.ConfigDict(dict(dataset="stanford_dogs", data_dir=data_dir,
-                                          image_size=16, seed=0))
+  _, skipped = prepare.prepare("stanford_dogs", str(tmp_path / "source"), data_dir)
+  assert skipped == []
+  config = data.default_config()
+  config.update(dict(dataset="stanford_dogs", data_dir=data_dir, image_size=16))
   assert data.get_dataset_info(config) == data.DatasetInfo("stanford_dogs", 120, 120, 6, 16)
   sorted_synsets = sorted(synsets)
   assert sorted_synsets != synsets
@@ -85,9 +85,9 @@ def test_dogs_source_errors_name_the_expected_files(tmp_path):
     prepare.prepare("stanford_dogs", str(tmp_path / "tars"), str(tmp_path / "tfds"))
 
 
-def test_imagenet_source_errors_name_the_expected_files(tmp_path, capsys):
-  assert prepare.main(["imagenet2012", f"--source={tmp_path}", f"--data_dir={tmp_path}"]) == 2
-  assert "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in capsys.readouterr().err
+def test_imagenet_source_errors_name_the_expected_files(tmp_path):
+  with pytest.raises(SourceError, match="ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar"):
+    prepare.prepare("imagenet2012", str(tmp_path), str(tmp_path))
   (tmp_path / "ILSVRC2012_img_train.tar").write_bytes(b"truncated")
   (tmp_path / "ILSVRC2012_img_val.tar").write_bytes(b"truncated")
   with pytest.raises(SourceError, match="ILSVRC2012_img_train.tar is not a tar archive"):
@@ -105,19 +105,19 @@ NUM_VAL = 70
 
 def make_ilsvrc_tars(root):
   classes = (OTHER_CLASS,) + REIN30_TRAIN_CLASSES
-  train = {wnid: [testing.flat_jpeg((40 * c, 10 * k, 0), (16, 16)) for k in range(2)]
+  train = {wnid: [fake_sources.flat_jpeg((40 * c, 10 * k, 0), (16, 16)) for k in range(2)]
            for c, wnid in enumerate(classes)}
-  validation = [testing.flat_jpeg((k, 0, 0), (12, 12)) for k in range(1, NUM_VAL + 1)]
-  testing.write_ilsvrc_tars(str(root), train, validation)
+  validation = [fake_sources.flat_jpeg((k, 0, 0), (12, 12)) for k in range(1, NUM_VAL + 1)]
+  fake_sources.write_ilsvrc_tars(str(root), train, validation)
 
 
 def test_imagenet_and_rein_subset_prepare_end_to_end(tmp_path):
   make_ilsvrc_tars(tmp_path / "ilsvrc")
   data_dir = str(tmp_path / "tfds")
-  imagenet = prepare.prepare("imagenet2012", str(tmp_path / "ilsvrc"), data_dir)
+  imagenet, _ = prepare.prepare("imagenet2012", str(tmp_path / "ilsvrc"), data_dir)
   assert imagenet.info.splits["train"].num_examples == 6
   assert imagenet.info.splits["validation"].num_examples == NUM_VAL
-  rein = prepare.prepare("imagenet_rein30", None, data_dir)
+  rein, _ = prepare.prepare("imagenet_rein30", None, data_dir)
   wnids = catalog.imagenet_subset_wnids(30)
   assert rein.info.features["label"].names == wnids
   examples = {split: list(tfds.as_numpy(rein.as_dataset(split=split)))
@@ -129,8 +129,8 @@ def test_imagenet_and_rein_subset_prepare_end_to_end(tmp_path):
   assert val_labels == [("ILSVRC2012_val_00000046.JPEG", wnids.index("n03950228")),
                         ("ILSVRC2012_val_00000070.JPEG", wnids.index("n04370456"))]
 
-  config = ml_collections.ConfigDict(dict(dataset="imagenet_rein30", data_dir=data_dir,
-                                          image_size=8, seed=0))
+  config = data.default_config()
+  config.update(dict(dataset="imagenet_rein30", data_dir=data_dir, image_size=8))
   assert data.get_dataset_info(config) == data.DatasetInfo("imagenet_rein30", 30, 4, 2, 8)
   batch = next(data.create_train_iterator(config, 4, **ONE_HOST))
   assert sorted(batch["label"].tolist()) == sorted(wnids.index(w) for w in REIN30_TRAIN_CLASSES

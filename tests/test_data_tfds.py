@@ -9,7 +9,6 @@ gives tfds the split sizes.
 import contextlib
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -74,10 +73,10 @@ def write_metadata(spec, data_dir, sizes):
 def mocked(dataset, tmp_path, **config_overrides):
   spec = catalog.TFDS_DATASETS[dataset]
   write_metadata(spec, str(tmp_path), {spec.train_split: TRAIN_SIZE, spec.eval_split: EVAL_SIZE})
-  config = ml_collections.ConfigDict(dict(
-      dataset=dataset, data_dir=str(tmp_path), image_size=IMAGE_SIZE, seed=0, cache=True,
-      shuffle_buffer_size=64, prefetch_batches=1))
-  config.update(config_overrides)
+  config = data.default_config()
+  config.update({"dataset": dataset, "data_dir": str(tmp_path), "image_size": IMAGE_SIZE,
+                 "cache": True, "shuffle_buffer_size": 64, "prefetch_batches": 1,
+                 **config_overrides})
   with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path),
                               as_dataset_fn=fake_as_dataset):
     yield config
@@ -134,8 +133,7 @@ def test_train_is_deterministic_resumable_and_sharded(dataset, tmp_path):
     for host, ids in ((0, epoch_ids(host0[:3])), (0, epoch_ids(host0[3:])), (1, epoch_ids(host1))):
       assert len(set(ids)) == 12 and set(ids) <= set(range(host * 13, host * 13 + 13))
     assert not np.array_equal(epoch_ids(host0[:3]), epoch_ids(host0[3:]))  # reshuffled
-    config.seed = 1
-    other = next(data.create_train_iterator(config, 4, process_index=0, process_count=2))
+    other = next(data.create_train_iterator(config, 4, seed=1, process_index=0, process_count=2))
     assert not np.array_equal(other["image"], host0[0]["image"])
 
 
@@ -178,7 +176,8 @@ def test_dogs_cache_decodes_each_image_once(tmp_path, monkeypatch):
 
 
 def test_unprepared_dataset_says_how_to_prepare(tmp_path):
-  config = ml_collections.ConfigDict(dict(dataset="stanford_dogs", data_dir=str(tmp_path)))
+  config = data.default_config()
+  config.update({"dataset": "stanford_dogs", "data_dir": str(tmp_path)})
   with pytest.raises(tfds_pipeline.DatasetNotPreparedError,
                      match="python -m rap_flax.data.prepare stanford_dogs --source=DIR"):
     data.get_dataset_info(config)

@@ -19,8 +19,9 @@ from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
 
-from rap_flax.data import pil_reference, transforms  # noqa: E402
-from rap_flax.data.testing import photo_like_jpeg  # noqa: E402
+from rap_flax.data import transforms  # noqa: E402
+from tests import pil_reference  # noqa: E402
+from tests.fake_sources import photo_like_jpeg  # noqa: E402
 
 SHAPES = [(375, 500), (500, 333), (200, 180)]
 

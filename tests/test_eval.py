@@ -55,21 +55,13 @@ def test_eight_devices_count_every_example_once(trained, jax_cache):
 
 
 def test_torch_checkpoint_evaluates_like_the_orbax_one(trained, tmp_path, jax_cache):
-  import jax  # pylint: disable=g-import-not-at-top
-  from rap_flax import convert  # pylint: disable=g-import-not-at-top
-  from rap_flax.training import checkpoint, parallel, train_state  # pylint: disable=g-import-not-at-top
-  config = tiny_config()
-  model = train_state.create_model(config, num_classes=10)
-  replicated = parallel.replicated_sharding(parallel.create_mesh())
-  with checkpoint.Checkpoints(str(trained), read_only=True) as checkpoints:
-    step = checkpoints.latest_step()
-    variables = checkpoints.restore_variables(
-        train_state.abstract_variables(model, config.image_size, replicated), step,
-        train_state.model_fields(config, 10))
+  from rap_flax import models, weights  # pylint: disable=g-import-not-at-top
+  model = models.from_config(tiny_config())
+  variables = weights.load_variables(str(trained), model, checkpoint="latest")
   path = tmp_path / "model_best.pth"
-  convert.save_torch_checkpoint(jax.device_get(variables), model, str(path))
+  weights.save_state_dict(variables, model, str(path))
 
-  evaluation = run_eval(jax_cache, trained, f"--torch_checkpoint={path}")
+  evaluation = run_eval(jax_cache, trained, f"--weights={path}")
   final = read_results(trained)["final"]
   assert evaluation["source"] == str(path)
   for name in ("loss", "top1", "top5", "num_examples"):
@@ -78,8 +70,11 @@ def test_torch_checkpoint_evaluates_like_the_orbax_one(trained, tmp_path, jax_ca
 
 def test_missing_or_unknown_checkpoints_are_explained(tmp_path, trained):
   from rap_flax.training import evaluate  # pylint: disable=g-import-not-at-top
-  with pytest.raises(FileNotFoundError, match="No checkpoints in .*; train first"):
+  with pytest.raises(FileNotFoundError, match="No weights at .*empty"):
     evaluate.evaluate_checkpoint(tiny_config(), str(tmp_path / "empty"))
+  (tmp_path / "exists").mkdir()
+  with pytest.raises(FileNotFoundError, match="holds no checkpoints.*train first"):
+    evaluate.evaluate_checkpoint(tiny_config(), str(tmp_path / "exists"))
   with pytest.raises(ValueError, match=r"No checkpoint of step 7 .*saved steps: \[.*33\]"):
     evaluate.evaluate_checkpoint(tiny_config(), str(trained), which="7")
   with pytest.raises(ValueError, match="use one of"):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rap_flax import convert, models
+from rap_flax import models, spec, weights
 from rap_flax.layers import attention
 from tests import golden
 
@@ -14,7 +14,7 @@ from tests import golden
 def test_golden_logits_eval_and_train_mode(name):
   case = golden.case(name)
   model = golden.build_model(case)
-  variables = convert.load_torch_checkpoint(str(golden.checkpoint_path(name)), model)
+  variables = weights.load_variables(str(golden.checkpoint_path(name)), model)
   data = golden.arrays(name)
   images = data["input_nchw"].transpose(0, 2, 3, 1)
   eval_logits, train_logits = golden.logits(model, variables, images)
@@ -25,14 +25,14 @@ def test_golden_logits_eval_and_train_mode(name):
 @pytest.mark.parametrize("name", golden.CASE_NAMES)
 def test_golden_parameter_count(name):
   case = golden.case(name)
-  shapes = convert.variable_shapes(golden.build_model(case))
+  shapes = weights.variable_shapes(golden.build_model(case))
   assert sum(x.size for x in jax.tree_util.tree_leaves(shapes["params"])) == case["num_params"]
 
 
 @pytest.mark.parametrize("arch, pool_types, rates, expected", golden.UPSTREAM_PARAMETER_COUNTS)
 def test_parameter_counts_equal_upstream(arch, pool_types, rates, expected):
   model = models.create_model(arch, 120, "srap", pool_types, rates)
-  shapes = convert.variable_shapes(model)
+  shapes = weights.variable_shapes(model)
   assert sum(x.size for x in jax.tree_util.tree_leaves(shapes["params"])) == expected
 
 
@@ -43,9 +43,9 @@ def test_registry_lists_every_arch_and_attention():
 
 
 def test_top_n_counts_truncate_like_python():
-  assert attention.top_n_counts(100, (0.29, 0.71)) == (28, 72)
-  assert attention.top_n_counts(10, (0.3, 0.5, 0.2)) == (3, 5, 2)
-  assert attention.top_n_counts(36, (0.5, 0.5)) == (18, 18)
+  assert spec.top_n_counts(100, (0.29, 0.71)) == (28, 72)
+  assert spec.top_n_counts(10, (0.3, 0.5, 0.2)) == (3, 5, 2)
+  assert spec.top_n_counts(36, (0.5, 0.5)) == (18, 18)
 
 
 def test_interleave_unequal_counts_appends_tails_in_pool_order():
@@ -95,7 +95,7 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_float32_logits():
   data = golden.arrays(name)
   images = data["input_nchw"].transpose(0, 2, 3, 1)
   model = golden.build_model(case, dtype="bfloat16")
-  variables = convert.load_torch_checkpoint(str(golden.checkpoint_path(name)), model)
+  variables = weights.load_variables(str(golden.checkpoint_path(name)), model)
   logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
   assert logits.dtype == jnp.float32
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables["params"]))

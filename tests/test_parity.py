@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import torch
 
-from rap_flax import convert, models, torch_models
+from rap_flax import models, weights
+from rap_flax.pytorch import models as torch_models
 from tests import golden
 
 POOL_TYPES = ("avg", "max", "std")
@@ -60,7 +61,7 @@ def test_flax_matches_pytorch_reference(config, seed):
   reference = torch_models.create_model(**config)
   _randomise(reference, seed)
   model = models.create_model(**config)
-  variables = convert.state_dict_to_variables(reference.state_dict(), model)
+  variables = weights.from_state_dict(reference.state_dict(), model)
 
   size = 32 if config["cifar"] else 64
   images = np.random.default_rng(seed).uniform(size=(2, 3, size, size)).astype(np.float32)
@@ -80,7 +81,7 @@ def test_flax_matches_pytorch_reference(config, seed):
   # float64 run as we are), so this uses 5e-4 where the golden cases hold 1e-4.
   golden.assert_logits_close(eval_logits, expected_eval, relative=5e-4)
   golden.assert_logits_close(train_logits, expected_train, relative=5e-4)
-  updated = convert.variables_to_state_dict(
+  updated = weights.to_state_dict(
       {"params": variables["params"], "batch_stats": updates["batch_stats"]}, model)
   for key, tensor in reference.state_dict().items():
     if "running" in key or "num_batches" in key:

@@ -10,7 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from rap_flax import torch_models  # noqa: E402
+from rap_flax import spec  # noqa: E402
+from rap_flax.pytorch import models as torch_models  # noqa: E402
 from tests import golden  # noqa: E402
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -86,8 +87,8 @@ def test_param_counts_match_upstream(arch, pool_types, rates, expected):
 
 
 FORWARD_SETTINGS = [(arch, attention, ("avg", "std"), (0.5, 0.5))
-                    for arch in torch_models.ARCHS
-                    for attention in torch_models.ATTENTIONS] + [
+                    for arch in spec.ARCHS
+                    for attention in spec.ATTENTIONS] + [
                         ("mobilenetv3_small", "srap", ("std", "max", "avg"), (0.3, 0.5, 0.2)),
                         ("mobilenetv2", "mrap", ("max", "avg"), (0.25, 0.75)),
                         ("mobilenetv1", "srap", ("max", "std", "avg"), (0.2, 0.2, 0.2)),
@@ -136,7 +137,7 @@ def test_head_widths(arch, cifar, lightweight_head, width, head_key, head_shape)
     assert model.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 5)
 
 
-@pytest.mark.parametrize("arch", torch_models.ARCHS)
+@pytest.mark.parametrize("arch", spec.ARCHS)
 def test_cifar_stem_and_strides(arch):
   # ImageNet V1/V2/V3-large reduce 32 -> 8 by the end of stage2, V3-small -> 4; CIFAR
   # removes the init-conv stride and the first stride-2 stage (V3-small keeps its 2nd).
@@ -150,9 +151,9 @@ def test_cifar_stem_and_strides(arch):
 
 
 def test_topn_sizes_truncate_and_give_the_rest_to_the_last_type():
-  assert torch_models.topn_sizes(100, (0.29, 0.71)) == (28, 72)
-  assert torch_models.topn_sizes(16, (0.3, 0.5, 0.2)) == (4, 8, 4)
-  assert torch_models.topn_sizes(10, (0.25, 0.25)) == (2, 8)
+  assert spec.top_n_counts(100, (0.29, 0.71)) == (28, 72)
+  assert spec.top_n_counts(16, (0.3, 0.5, 0.2)) == (4, 8, 4)
+  assert spec.top_n_counts(10, (0.25, 0.25)) == (2, 8)
 
 
 def test_top_n_patterns_interleave_then_append_leftovers():
@@ -161,7 +162,7 @@ def test_top_n_patterns_interleave_then_append_leftovers():
   c = torch.tensor([[0.1, 0.4, 0.3, 0.2]])
 
   def top(descriptors, sizes):
-    return torch_models.top_n_patterns(descriptors, sizes)[0].tolist()
+    return torch_models.top_n_vector(descriptors, sizes)[0].tolist()
 
   assert top([a, b], (1, 3)) == [5, 9, 8, 7]
   assert top([a, b], (3, 1)) == [5, 9, 3, 2]
@@ -203,11 +204,11 @@ def test_gate_batchnorm_momentum_is_upstream():
     (dict(pool_types=("avg", "median"), rates=(0.5, 0.5)), r"pool type.*median.*'avg'"),
     (dict(pool_types=("avg",), rates=(1.0,)), "2 or 3 distinct"),
     (dict(pool_types=("avg", "avg"), rates=(0.5, 0.5)), "2 or 3 distinct"),
-    (dict(pool_types=("avg", "std"), rates=(0.3, 0.3, 0.4)), "one rate per pool type"),
-    (dict(pool_types=("avg", "std", "max"), rates=(0.5, 0.5)), "one rate per pool type"),
-    (dict(pool_types=("avg", "std"), rates=None), "one rate per pool type"),
-    (dict(pool_types=("avg", "std"), rates=(0.6, 0.5)), "sum to at most 1"),
-    (dict(pool_types=("avg", "std"), rates=(-0.1, 0.5)), ">= 0"),
+    (dict(pool_types=("avg", "std"), rates=(0.3, 0.3, 0.4)), "one fraction per pool type"),
+    (dict(pool_types=("avg", "std", "max"), rates=(0.5, 0.5)), "one fraction per pool type"),
+    (dict(pool_types=("avg", "std"), rates=None), "needs `rates`, one per pool type"),
+    (dict(pool_types=("avg", "std"), rates=(0.6, 0.5)), "sum to 1.1 > 1"),
+    (dict(pool_types=("avg", "std"), rates=(-0.1, 0.5)), r"lie in \[0, 1\]"),
     (dict(attention="mafc", pool_types=("avg", "mode")), "mode"),
     (dict(width_multiplier=0.0), "width_multiplier"),
 ])

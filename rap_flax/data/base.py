@@ -1,4 +1,4 @@
-"""Backend-free pieces of the input pipelines: config defaults, host sharding, batch padding.
+"""Backend-free pieces of the input pipelines: config.data defaults, host sharding, padding.
 
 Nothing here imports tensorflow; the numpy datasets (digits, synthetic) and the tfds pipelines
 both build on these helpers so the sharding and padding rules exist once.
@@ -14,7 +14,7 @@ import numpy as np
 
 Batch = dict[str, np.ndarray]
 
-# The upstream torchvision transforms' constants (SPEC section 5), shared by the tf.data
+# The upstream torchvision transforms' constants (docs/upstream.md §5), shared by the tf.data
 # transforms and their PIL reference.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,21 +25,24 @@ RRC_ATTEMPTS = 10  # boxes RandomResizedCrop tries before falling back to a cent
 BRIGHTNESS = 0.4  # ColorJitter(brightness=0.4): factor uniform in [0.6, 1.4]
 CIFAR_PAD = 4
 
-# Fields the data module reads from the top level of the config, with the value used when the
-# config does not set them. image_size None means "the dataset's own default".
-CONFIG_DEFAULTS: dict[str, Any] = {
-    "data_dir": None,
-    "image_size": None,
-    "train_split": "",
-    "eval_split": "",
-    "cache": True,
-    "shuffle_buffer_size": 16_384,
-    "prefetch_batches": 2,
-    "seed": 0,
-    "synthetic_num_classes": 10,
-    "synthetic_num_train": 1024,
-    "synthetic_num_eval": 256,
-}
+def default_config():
+  """config.data: every field the input pipelines read, with its default."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_dict  # pylint: disable=g-import-not-at-top
+
+  data = ml_collections.ConfigDict()
+  data.dataset = "digits"  # rap_flax.data.DATASETS
+  data.data_dir = config_dict.placeholder(str)  # tfds data_dir; None = the tfds default.
+  data.image_size = config_dict.placeholder(int)  # None = the dataset's own size.
+  data.train_split = ""  # "" = the dataset's default split.
+  data.eval_split = ""
+  data.cache = True  # Keep decoded training images in memory where the dataset is small.
+  data.shuffle_buffer_size = 16_384
+  data.prefetch_batches = 2
+  data.synthetic_num_classes = 10
+  data.synthetic_num_train = 1024
+  data.synthetic_num_eval = 256
+  return data
 
 
 class DatasetInfo(NamedTuple):
@@ -87,13 +90,6 @@ class HostShard:
   def num_eval_batches(self, num_examples: int, batch_size: int) -> int:
     """Batches every host yields in eval, so that all hosts run the same number of steps."""
     return math.ceil(math.ceil(num_examples / self.count) / batch_size)
-
-
-def config_value(config, name: str):
-  """Reads a data field from the config, falling back to CONFIG_DEFAULTS."""
-  value = config.get(name, CONFIG_DEFAULTS[name]) if hasattr(config, "get") else getattr(
-      config, name, CONFIG_DEFAULTS[name])
-  return CONFIG_DEFAULTS[name] if value is None else value
 
 
 def check_batch_size(batch_size: int) -> None:

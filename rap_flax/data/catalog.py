@@ -10,10 +10,10 @@ REIN_SIZES = (30, 50, 100, 150, 200)
 
 @dataclasses.dataclass(frozen=True)
 class TfdsDataset:
-  name: str  # config.dataset
+  name: str  # config.data.dataset
   tfds_name: str  # tfds builder name, with its builder config if any
   num_classes: int
-  image_size: int  # default when config.image_size is unset
+  image_size: int  # default when config.data.image_size is unset
   train_split: str
   eval_split: str
   preprocessing: str  # "dogs" | "imagenet" | "cifar": the family of upstream transforms

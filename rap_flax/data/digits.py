@@ -63,8 +63,8 @@ def random_shift(images: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
   return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def build(config) -> in_memory.ArrayDataset:
-  image_size = base.config_value(config, "image_size") or DEFAULT_IMAGE_SIZE
+def build(data_config) -> in_memory.ArrayDataset:
+  image_size = data_config.image_size or DEFAULT_IMAGE_SIZE
   train_x, train_y, eval_x, eval_y = _load(int(image_size))
   info = base.DatasetInfo("digits", NUM_CLASSES, len(train_y), len(eval_y), int(image_size))
   return in_memory.ArrayDataset(

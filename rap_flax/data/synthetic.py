@@ -22,11 +22,11 @@ def _take_fn(split_id: int, image_size: int, num_classes: int) -> in_memory.Take
   return take
 
 
-def build(config) -> in_memory.ArrayDataset:
-  image_size = int(base.config_value(config, "image_size") or DEFAULT_IMAGE_SIZE)
-  num_classes = int(base.config_value(config, "synthetic_num_classes"))
-  num_train = int(base.config_value(config, "synthetic_num_train"))
-  num_eval = int(base.config_value(config, "synthetic_num_eval"))
+def build(data_config) -> in_memory.ArrayDataset:
+  image_size = int(data_config.image_size or DEFAULT_IMAGE_SIZE)
+  num_classes = int(data_config.synthetic_num_classes)
+  num_train = int(data_config.synthetic_num_train)
+  num_eval = int(data_config.synthetic_num_eval)
   if num_classes < 1 or num_train < 1 or num_eval < 1:
     raise ValueError(
         "synthetic needs synthetic_num_classes, synthetic_num_train and synthetic_num_eval >= 1, "

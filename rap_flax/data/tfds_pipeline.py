@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from rap_flax import files
 from rap_flax.data import base, catalog, transforms
 
 _SKIP_IMAGE_DECODING = {"image": tfds.decode.SkipDecoding()}
@@ -50,16 +51,16 @@ def load_builder(spec: catalog.TfdsDataset, data_dir: str | None) -> tfds.core.D
 class TfdsSource:
   """A prepared tfds dataset plus what the config says about reading it."""
 
-  def __init__(self, spec: catalog.TfdsDataset, config):
+  def __init__(self, spec: catalog.TfdsDataset, data_config):
     self.spec = spec
-    self.builder = load_builder(spec, base.config_value(config, "data_dir"))
-    self.train_split = base.config_value(config, "train_split") or spec.train_split
-    self.eval_split = base.config_value(config, "eval_split") or spec.eval_split
-    self.image_size = int(base.config_value(config, "image_size") or spec.image_size)
+    self.builder = load_builder(spec, files.expand(data_config.data_dir))
+    self.train_split = data_config.train_split or spec.train_split
+    self.eval_split = data_config.eval_split or spec.eval_split
+    self.image_size = int(data_config.image_size or spec.image_size)
     self.transforms = transforms.FAMILIES[spec.preprocessing](self.image_size)
-    self.cache = bool(base.config_value(config, "cache")) and spec.cacheable
-    self.shuffle_buffer_size = int(base.config_value(config, "shuffle_buffer_size"))
-    self.prefetch_batches = int(base.config_value(config, "prefetch_batches"))
+    self.cache = bool(data_config.cache) and spec.cacheable
+    self.shuffle_buffer_size = int(data_config.shuffle_buffer_size)
+    self.prefetch_batches = int(data_config.prefetch_batches)
     self.info = base.DatasetInfo(
         spec.name, self.builder.info.features["label"].num_classes,
         self.num_examples(self.train_split), self.num_examples(self.eval_split), self.image_size)

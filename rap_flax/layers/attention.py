@@ -10,7 +10,6 @@ the spatial weight map ("spatial_weight", (B, H, W)); `rap_flax.models.attention
 reads them.
 """
 
-import dataclasses
 import functools
 import math
 from typing import Sequence
@@ -19,26 +18,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rap_flax import spec as spec_lib
 from rap_flax.layers.activations import hsigmoid
 from rap_flax.layers.conv import Conv
-from rap_flax.layers.norm import BatchNorm
+from rap_flax.layers.norm import BatchNorm, flax_momentum
 
-POOL_TYPES = ("avg", "max", "std")
-ATTENTIONS = ("none", "srap", "mrap", "mafc", "se", "cbam")
-# The gate BNs use torch momentum 0.01 upstream.
-GATE_BN_MOMENTUM = 0.99
-SPATIAL_KERNEL = 7
 linear_init = nn.initializers.normal(stddev=0.01)
-
-
-def hidden_width(channels: int, reduction: int = 16) -> int:
-  """Upstream MLP width: C // 16, or 1 when that is 0."""
-  return channels // reduction or 1
-
-
-def make_divisible(value: float, divisor: int = 8) -> int:
-  rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-  return rounded + divisor if rounded < 0.9 * value else rounded
 
 
 def _unbiased_std(x: jax.Array, axis) -> jax.Array:
@@ -69,16 +54,6 @@ def channel_descriptors(x: jax.Array, pool_types: Sequence[str]) -> list[jax.Arr
 def spatial_descriptors(x: jax.Array, pool_types: Sequence[str]) -> jax.Array:
   """(B, H, W, k): one map per pool type, pooled over channels, in pool-type order."""
   return jnp.stack([pool(x, p, -1) for p in pool_types], axis=-1)
-
-
-def top_n_counts(channels: int, rates: Sequence[float]) -> tuple[int, ...]:
-  """How many of the largest values each descriptor contributes (upstream arithmetic).
-
-  The last pool type takes whatever the others leave, so with two types only
-  rates[0] matters; the truncation is Python's `int(rate * C)`.
-  """
-  counts = [int(rate * channels) for rate in rates[:-1]]
-  return (*counts, channels - sum(counts))
 
 
 def _largest_descending(values: jax.Array, n: int) -> jax.Array:
@@ -115,7 +90,7 @@ def _check_spatial_size(x: jax.Array, pool_types: Sequence[str], gate: str) -> N
     raise ValueError(
         f"{gate}: 'std' pooling over a {x.shape[1]}x{x.shape[2]} feature map is undefined "
         "(unbiased std of one value). Feed larger images, use a CIFAR stem, or choose "
-        f"pool types without 'std' (allowed: {POOL_TYPES}).")
+        f"pool types without 'std' (allowed: {spec_lib.POOL_TYPES}).")
 
 
 def _sow_maps(module: nn.Module, spatial_weight: jax.Array, pixel_weight: jax.Array) -> None:
@@ -128,8 +103,9 @@ def spatial_conv_bn(maps: jax.Array, train: bool) -> jax.Array:
 
   Called inside a gate's compact method, so the layers are that gate's children.
   """
-  y = Conv(1, SPATIAL_KERNEL, name="spatial_conv")(maps)
-  return BatchNorm(momentum=GATE_BN_MOMENTUM, name="spatial_bn")(y, train)[..., 0]
+  y = Conv(1, spec_lib.SPATIAL_KERNEL, name="spatial_conv")(maps)
+  return BatchNorm(momentum=flax_momentum(spec_lib.GATE_BN_MOMENTUM), name="spatial_bn")(
+      y, train)[..., 0]
 
 
 def channel_mlp(z: jax.Array, hidden: int, features: int) -> jax.Array:
@@ -150,7 +126,7 @@ def _channel_then_spatial(module: nn.Module, x: jax.Array, channel_weight: jax.A
 
 
 class ResidualAttentivePatterns(nn.Module):
-  """The SRAP / MRAP gate (one module upstream under two names), SPEC §1."""
+  """The SRAP / MRAP gate (one module upstream under two names), docs/upstream.md §1."""
   pool_types: tuple[str, ...] = ("avg", "std")
   rates: tuple[float, ...] = (0.5, 0.5)
 
@@ -161,8 +137,8 @@ class ResidualAttentivePatterns(nn.Module):
     x32 = x.astype(jnp.float32)
     channel = channel_descriptors(x32, self.pool_types)
     spatial = spatial_descriptors(x32, self.pool_types)
-    ranked = interleave_top_n(channel, top_n_counts(channels, self.rates))
-    channel_weight = nn.relu(channel_mlp(ranked, hidden_width(channels), channels)
+    ranked = interleave_top_n(channel, spec_lib.top_n_counts(channels, self.rates))
+    channel_weight = nn.relu(channel_mlp(ranked, spec_lib.hidden_width(channels), channels)
                              + nn.sigmoid(_product(channel)))
     spatial_weight = (spatial_conv_bn(spatial, train)
                       + nn.sigmoid(jnp.prod(spatial, axis=-1)))
@@ -185,7 +161,7 @@ class MAFC(nn.Module):
     channels = x.shape[-1]
     x32 = x.astype(jnp.float32)
     accumulated = jnp.concatenate(channel_descriptors(x32, self.pool_types), axis=-1)
-    channel_weight = nn.sigmoid(channel_mlp(accumulated, hidden_width(channels), channels))
+    channel_weight = nn.sigmoid(channel_mlp(accumulated, spec_lib.hidden_width(channels), channels))
     return _channel_then_spatial(self, x, channel_weight, self.pool_types, train)
 
 
@@ -198,7 +174,7 @@ class CBAM(nn.Module):
     x32 = x.astype(jnp.float32)
     pooled = jnp.concatenate(channel_descriptors(x32, ("avg", "max")), axis=0)
     avg_logits, max_logits = jnp.split(
-        channel_mlp(pooled, hidden_width(channels), channels), 2, axis=0)
+        channel_mlp(pooled, spec_lib.hidden_width(channels), channels), 2, axis=0)
     channel_weight = nn.sigmoid(avg_logits + max_logits)
     return _channel_then_spatial(self, x, channel_weight, ("max", "avg"), train)
 
@@ -211,7 +187,7 @@ class SqueezeExcite(nn.Module):
     del train  # no BatchNorm inside
     channels = x.shape[-1]
     squeezed = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True)
-    hidden = nn.relu(Conv(make_divisible(channels / 4), 1, use_bias=True, name="reduce")(squeezed))
+    hidden = nn.relu(Conv(spec_lib.make_divisible(channels / 4), 1, use_bias=True, name="reduce")(squeezed))
     channel_weight = hsigmoid(Conv(channels, 1, use_bias=True, name="expand")(hidden))
     # SE has no spatial branch: its per-pixel weight is the same at every position.
     self.sow("intermediates", "pixel_weight", jnp.broadcast_to(
@@ -219,61 +195,15 @@ class SqueezeExcite(nn.Module):
     return x * channel_weight.astype(x.dtype)
 
 
-@dataclasses.dataclass(frozen=True)
-class AttentionConfig:
-  """Which gate a model uses and how it pools; validated on construction.
-
-  `after_projection` gates (MAFC) sit on a unit's output channels after the 1x1
-  projection; the others on the expanded channels right after the depthwise conv.
-  """
-  name: str = "none"
-  pool_types: tuple[str, ...] = ("avg", "std")
-  rates: tuple[float, ...] | None = (0.5, 0.5)
-
-  def __post_init__(self):
-    if self.name not in ATTENTIONS:
-      raise ValueError(f"Unknown attention {self.name!r}; choose one of {ATTENTIONS}.")
-    object.__setattr__(self, "pool_types", tuple(self.pool_types))
-    if self.name in ("srap", "mrap", "mafc"):
-      _validate_pool_types(self.pool_types)
-    if self.name in ("srap", "mrap"):
-      if self.rates is None:
-        raise ValueError(f"{self.name} needs `rates`, one per pool type {self.pool_types}.")
-      object.__setattr__(self, "rates", tuple(float(r) for r in self.rates))
-      _validate_rates(self.rates, self.pool_types)
-
-  @property
-  def after_projection(self) -> bool:
-    return self.name == "mafc"
-
-  def build(self, name: str) -> nn.Module | None:
-    """A fresh gate module named `name`, or None for `attention="none"`."""
-    if self.name in ("srap", "mrap"):
-      return ResidualAttentivePatterns(self.pool_types, self.rates, name=name)
-    if self.name == "mafc":
-      return MAFC(self.pool_types, name=name)
-    if self.name == "cbam":
-      return CBAM(name=name)
-    if self.name == "se":
-      return SqueezeExcite(name=name)
-    return None
-
-
-def _validate_pool_types(pool_types: tuple[str, ...]) -> None:
-  unknown = [p for p in pool_types if p not in POOL_TYPES]
-  if unknown:
-    raise ValueError(f"Unknown pool type(s) {unknown}; allowed: {POOL_TYPES}.")
-  if len(pool_types) not in (2, 3) or len(set(pool_types)) != len(pool_types):
-    raise ValueError(f"pool_types must be 2 or 3 distinct names from {POOL_TYPES} "
-                     f"in any order; got {pool_types}.")
-
-
-def _validate_rates(rates: tuple[float, ...], pool_types: tuple[str, ...]) -> None:
-  if len(rates) != len(pool_types):
-    raise ValueError(f"rates {rates} must give one fraction per pool type {pool_types} "
-                     f"({len(pool_types)} values).")
-  if any(not 0.0 <= r <= 1.0 for r in rates):
-    raise ValueError(f"rates {rates} must each lie in [0, 1].")
-  if sum(rates) > 1.0 + 1e-9:
-    raise ValueError(f"rates {rates} sum to {sum(rates):g} > 1; they are fractions of the "
-                     "channels kept per pool type, e.g. (0.5, 0.5) or (0.3, 0.5, 0.2).")
+def build_gate(model_spec: spec_lib.ModelSpec, name: str) -> nn.Module | None:
+  """A fresh gate module of `model_spec`'s attention named `name` (None for "none")."""
+  attention = model_spec.attention
+  if attention in ("srap", "mrap"):
+    return ResidualAttentivePatterns(model_spec.pool_types, model_spec.rates, name=name)
+  if attention == "mafc":
+    return MAFC(model_spec.pool_types, name=name)
+  if attention == "cbam":
+    return CBAM(name=name)
+  if attention == "se":
+    return SqueezeExcite(name=name)
+  return None

@@ -16,9 +16,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# PyTorch's default BatchNorm momentum 0.1 is 0.9 in the flax convention
-# (running = momentum * running + (1 - momentum) * batch).
-DEFAULT_MOMENTUM = 0.9
+from rap_flax import spec as spec_lib
+
+
+def flax_momentum(torch_momentum: float) -> float:
+  """PyTorch's BatchNorm momentum m (running = (1 - m) * running + m * batch) for Flax."""
+  return 1.0 - torch_momentum
+
+
+DEFAULT_MOMENTUM = flax_momentum(spec_lib.BN_MOMENTUM)
 
 
 def _scale_shift(x, mean, var, scale, bias, epsilon):

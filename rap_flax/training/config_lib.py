@@ -8,37 +8,34 @@ letting it be silently ignored.
 from __future__ import annotations
 
 import difflib
-from typing import Any
+import importlib.util
+import os
+from typing import Any, Sequence
 
 import ml_collections
 from ml_collections import config_dict
 
 LR_SCHEDULES = ("constant", "multistep", "step", "cosine")
-COMPUTE_DTYPES = ("float32", "bfloat16")
-CHECKPOINT_CHOICES = ("best", "latest")
+# Fields that moved under config.data: an old name on the command line or in a config is an
+# error that names the new place.
+MOVED_FIELDS = {name: f"data.{name}" for name in (
+    "dataset", "data_dir", "image_size", "train_split", "eval_split", "cache",
+    "shuffle_buffer_size", "prefetch_batches", "synthetic_num_classes", "synthetic_num_train",
+    "synthetic_num_eval")}
 
 
 def base_config() -> ml_collections.ConfigDict:
   """Defaults for every field; a recipe overrides a subset."""
-  config = ml_collections.ConfigDict()
+  from rap_flax import data  # pylint: disable=g-import-not-at-top
 
-  # Data (read by rap_flax.data; see the "Data API" of the contract).
-  config.dataset = "digits"
-  config.data_dir = config_dict.placeholder(str)  # tfds data_dir; None = tfds default.
-  config.image_size = config_dict.placeholder(int)  # None = the dataset's own size.
-  config.train_split = ""  # "" = the dataset's default split.
-  config.eval_split = ""
-  config.cache = True
-  config.shuffle_buffer_size = 16_384
-  config.prefetch_batches = 2
-  config.synthetic_num_classes = 10
-  config.synthetic_num_train = 1024
-  config.synthetic_num_eval = 256
+  config = ml_collections.ConfigDict()
+  config.data = data.default_config()  # What rap_flax.data reads (and only that).
   config.seed = 0  # Seeds the parameter init, the shuffling and the augmentation.
 
-  # Model (rap_flax.models.create_model).
+  # Model (rap_flax.models.from_config).
   config.model = ml_collections.ConfigDict()
   config.model.arch = "mobilenetv1"
+  config.model.num_classes = config_dict.placeholder(int)  # None = the dataset's classes.
   config.model.attention = "srap"
   config.model.pool_types = ("avg", "std")
   config.model.rates = (0.5, 0.5)  # srap/mrap only.
@@ -49,6 +46,14 @@ def base_config() -> ml_collections.ConfigDict:
   # auto | grouped | shifted | shifted_vjp (rap_flax.layers.depthwise): speed and compile
   # time only; "auto" is the fastest measured on the backend.
   config.model.depthwise_implementation = "auto"
+
+  # Starting weights (rap_flax.load_variables sources: a workdir, a converter directory, a
+  # .pth or .safetensors file). Variables whose shapes differ (a classifier for another
+  # number of classes) and those matching the regex init_from_exclude start from their
+  # initial values. Resuming from the workdir's own checkpoints always wins.
+  config.init_from = ""
+  config.init_from_checkpoint = "best"  # best | latest | STEP, when init_from is a workdir.
+  config.init_from_exclude = ""
 
   # Optimisation: torch.optim.SGD semantics (coupled weight decay on every parameter).
   config.batch_size = 64  # Global batch over all devices and hosts.
@@ -73,7 +78,19 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1  # Also evaluates after the last step.
   config.checkpoint_every_steps = 1000  # Plus one after every evaluation.
   config.keep_checkpoints = 3  # The last k are kept, plus the best by validation top-1.
+  # jax's persistent compilation cache in WORKDIR/compilation_cache: a rerun or a resumed
+  # run skips most of the compile.
+  config.compilation_cache = True
   return config
+
+
+def load_recipe(path: str, *args) -> ml_collections.ConfigDict:
+  """get_config(*args) of the config file at `path`: for recipes that extend another one
+  (by file, so that configs load from any working directory)."""
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)
 
 
 def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
@@ -88,6 +105,14 @@ def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, An
   return flat
 
 
+def describe(config: ml_collections.ConfigDict) -> str:
+  """`key = value` lines for the fields that differ from base_config() (all in config.json)."""
+  defaults = flatten(base_config())
+  lines = [f"  {name} = {value!r}" for name, value in sorted(flatten(config).items())
+           if defaults.get(name, object()) != value]
+  return "\n".join(lines) or "  (all defaults)"
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first problem (unknown field, bad value) and its fix."""
   known = flatten(base_config())
@@ -97,7 +122,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     hints = []
     for name in unknown:
       close = difflib.get_close_matches(name, known, n=1)
-      hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+      if name in MOVED_FIELDS:
+        hints.append(f"{name!r} (moved to {MOVED_FIELDS[name]!r})")
+      else:
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     raise ValueError(
         f"Unknown config field(s): {', '.join(hints)}. Fix the spelling or remove them; "
         "the known fields are defined in rap_flax/training/config_lib.py.")
@@ -113,8 +141,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
   check(config.lr_schedule in LR_SCHEDULES,
         f"lr_schedule={config.lr_schedule!r} is unknown; choose one of {LR_SCHEDULES}.")
-  check(config.model.dtype in COMPUTE_DTYPES,
-        f"model.dtype={config.model.dtype!r} is unknown; choose one of {COMPUTE_DTYPES}.")
+  from rap_flax.models import registry  # pylint: disable=g-import-not-at-top
+  from rap_flax.training import checkpoint  # pylint: disable=g-import-not-at-top
+  check(config.model.dtype in registry.DTYPES,
+        f"model.dtype={config.model.dtype!r} is unknown; choose one of "
+        f"{sorted(registry.DTYPES)}.")
+  check(config.init_from_checkpoint in checkpoint.CHECKPOINT_CHOICES or
+        str(config.init_from_checkpoint).isdigit(),
+        f"init_from_checkpoint={config.init_from_checkpoint!r}: use one of "
+        f"{checkpoint.CHECKPOINT_CHOICES} or a step number.")
   check(config.batch_size > 0 and config.eval_batch_size > 0,
         "batch_size and eval_batch_size must be positive.")
   check(config.num_train_steps > 0 or config.num_epochs > 0,
@@ -129,3 +164,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(config.log_every_steps >= 1 and config.checkpoint_every_steps >= 1
         and config.eval_every_epochs >= 1,
         "log_every_steps, checkpoint_every_steps and eval_every_epochs must be >= 1.")
+
+
+def check_moved_fields(argv: Sequence[str]) -> None:
+  """Raises ValueError for an old data field on the command line (--config.dataset=...)."""
+  for arg in argv:
+    if arg.startswith("--config."):
+      name = arg[len("--config."):].split("=", 1)[0]
+      if name in MOVED_FIELDS:
+        value = arg.split("=", 1)[1] if "=" in arg else "..."
+        raise ValueError(f"--config.{name} moved to --config.{MOVED_FIELDS[name]}; use "
+                         f"--config.{MOVED_FIELDS[name]}={value}.")

@@ -98,6 +98,10 @@ class Progress:
                  else f"{eta / 86400:.1f} days")
     return {"steps_per_sec": steps_per_sec, "images_per_sec": steps_per_sec * self._batch_size}
 
+  def restart(self, step: int) -> None:
+    """Measures from now and `step` on (after the first step, which includes the compile)."""
+    self._last_step, self._last_time = step, time.monotonic()
+
   def pause(self) -> None:
     """Excludes time spent outside training (evaluation, checkpointing) from the rates."""
     self._pause_start = time.monotonic()

@@ -23,6 +23,7 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from rap_flax import files, models, weights
 from rap_flax.training import checkpoint, config_lib, evaluate, metrics, optim, parallel
 from rap_flax.training import train_state as train_state_lib
 from rap_flax.training.train_state import TrainState
@@ -100,16 +101,25 @@ class _Preemption:
     return self._signalled
 
 
-def _log_model_overview(state: TrainState, model, image_size: int) -> None:
-  parameter_overview.log_parameter_overview(state.params)
+class Preempted(Exception):
+  """Training stopped early on SIGTERM after writing a checkpoint; rerun to resume."""
+
+
+def _log_model_overview(state: TrainState, model, image_size: int, workdir: str) -> None:
+  """The parameter table goes to WORKDIR/parameters.txt, a one-line summary to the log."""
+  table = parameter_overview.get_parameter_overview(state.params, include_stats=False)
+  path = os.path.join(workdir, "parameters.txt")
+  with files.atomic_output(path) as tmp, open(tmp, "w") as f:
+    f.write(table + "\n")
+  count = sum(x.size for x in jax.tree.leaves(state.params))
   images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
   cost = jax.jit(functools.partial(model.apply, train=False)).lower(
       state.variables, images).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  if cost and "flops" in cost:
-    logging.info("Forward pass at %dx%d: %.4g GFLOPs per image (XLA count, %.4g G "
-                 "multiply-adds).", image_size, image_size, cost["flops"] / 1e9,
-                 cost["flops"] / 2e9)
+  flops = (f", {cost['flops'] / 1e9:.3g} GFLOPs per {image_size}px image (XLA count)"
+           if cost and "flops" in cost else "")
+  logging.info("Model: %s parameters in %d arrays%s; table in %s.", f"{count:,}",
+               len(jax.tree.leaves(state.params)), flops, path)
 
 
 def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -117,69 +127,102 @@ def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
 
 
+def _enable_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if config.compilation_cache and not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compilation_cache"))
+
+
+def _initial_state(config, model, tx, image_size: int, sharding) -> TrainState:
+  """A fresh state, with the weights of config.init_from where they fit (fine-tuning)."""
+  state = train_state_lib.create_train_state(model, tx, image_size, config.seed, sharding)
+  if not config.init_from:
+    return state
+  matched = weights.match_variables(config.init_from, model, config.init_from_checkpoint,
+                                    config.init_from_exclude or None)
+  flat = weights.flatten(jax.device_get(state.variables))
+  flat.update(matched.variables)
+  variables = jax.device_put(weights.unflatten(flat), sharding)
+  logging.info("Initialised %d of %d variables from %s.", len(matched.variables), len(flat),
+               config.init_from)
+  for name in matched.reinitialised:
+    logging.warning("Re-initialised (not taken from %s): %s", config.init_from, name)
+  if matched.unused:
+    logging.warning("Unused in %s (%d): %s", config.init_from, len(matched.unused),
+                    ", ".join(matched.unused[:8]) + (" ..." if len(matched.unused) > 8 else ""))
+  return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluates, checkpoints.
 
   Writes TensorBoard events and checkpoints to `workdir` and, at the end, results.json with
-  the final and best validation numbers. Returns the final train state.
+  the final and best validation numbers. Returns the final train state; raises Preempted
+  when stopped by SIGTERM (after writing a checkpoint).
   """
   from rap_flax import data  # pylint: disable=g-import-not-at-top
 
   config_lib.validate_config(config)
+  workdir = os.path.abspath(files.expand(workdir))
   mesh = parallel.create_mesh()
   local_batch_size = parallel.per_host_batch_size(config.batch_size)
   parallel.per_host_batch_size(config.eval_batch_size, "eval_batch_size")
 
-  info = data.get_dataset_info(config)
+  info = data.get_dataset_info(config.data)
+  model = models.from_config(config)
+  model_spec = model.model_spec
+  if model_spec.num_classes != info.num_classes:
+    raise ValueError(f"config.model.num_classes={model_spec.num_classes}, but {info.name!r} "
+                     f"has {info.num_classes} classes; unset it (None: the dataset's).")
   steps_per_epoch = info.num_train // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"batch_size={config.batch_size} exceeds the {info.num_train} training "
                      f"examples of {info.name!r}; lower --config.batch_size.")
   num_train_steps = (config.num_train_steps if config.num_train_steps > 0
                      else math.ceil(config.num_epochs * steps_per_epoch))
-
-  model = train_state_lib.create_model(config, info.num_classes)
-  model_fields = train_state_lib.model_fields(config, info.num_classes)
   learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch, num_train_steps)
   tx = optim.create_optimizer(config, learning_rate_fn)
   replicated = parallel.replicated_sharding(mesh)
+  results_path = os.path.join(workdir, "results.json")
+  _enable_compilation_cache(config, workdir)
 
   with checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints) as checkpoints:
-    latest = checkpoints.latest_step()
-    if latest is None:
-      state = train_state_lib.create_train_state(model, tx, info.image_size, config.seed,
-                                                 replicated)
-      best_val_top1 = None
-    else:
+    if checkpoints.steps():
       target = train_state_lib.abstract_train_state(model, tx, info.image_size, replicated)
-      state = checkpoints.restore(target, latest, model_fields)
-      best_val_top1 = checkpoints.metadata(latest).get("best_val_top1")
+      state, best_val_top1 = checkpoints.restore(target, model_spec)
+    else:
+      state, best_val_top1 = _initial_state(config, model, tx, info.image_size,
+                                            replicated), None
     start_step = int(jax.device_get(state.step))
+    if start_step >= num_train_steps and os.path.exists(results_path):
+      logging.info("%s is already complete at step %d (results in %s); nothing to do.",
+                   workdir, start_step, results_path)
+      return state
 
     writer = metrics.create_writer(workdir)
     if start_step == 0:
       writer.write_hparams(_hparams(config))
-    logging.info("%s on %s: %d classes, %d train / %d eval images at %dpx; %d steps/epoch, "
-                 "%d steps in all, starting at %d; %d device(s) on %d host(s).",
-                 config.model.arch, info.name, info.num_classes, info.num_train,
-                 info.num_eval, info.image_size, steps_per_epoch, num_train_steps, start_step,
-                 jax.device_count(), jax.process_count())
+    logging.info("%s + %s on %s: %d classes, %d train / %d eval images at %dpx; %d "
+                 "steps/epoch, %d steps in all, starting at %d; %d device(s) on %d host(s).",
+                 model_spec.arch, model_spec.attention, info.name, info.num_classes,
+                 info.num_train, info.num_eval, info.image_size, steps_per_epoch,
+                 num_train_steps, start_step, jax.device_count(), jax.process_count())
     if jax.process_index() == 0:
-      _log_model_overview(state, model, info.image_size)
+      _log_model_overview(state, model, info.image_size, workdir)
 
-    loop = _Loop(config, mesh, model, learning_rate_fn, checkpoints, writer, model_fields,
-                 steps_per_epoch, num_train_steps, best_val_top1)
-    train_iter = data.create_train_iterator(config, batch_size=local_batch_size,
-                                            start_step=start_step)
+    loop = _Loop(config, mesh, model, learning_rate_fn, checkpoints, writer, steps_per_epoch,
+                 num_train_steps, best_val_top1)
+    train_iter = data.create_train_iterator(config.data, batch_size=local_batch_size,
+                                            start_step=start_step, seed=config.seed)
     try:
       state, final_eval = loop.run(state, train_iter)
     finally:
       writer.flush()
-    if final_eval is not None:
-      checkpoints.wait_until_finished()
-      evaluate.write_json(os.path.join(workdir, "results.json"), {
-          "step": num_train_steps, "final": final_eval, "best_val_top1": loop.best_val_top1,
-          "best_step": checkpoints.best_step()})
+    if final_eval is None:  # the last step was reached before this run: evaluate it
+      final_eval = loop.evaluate(state, start_step)
+    checkpoints.wait_until_finished()
+    evaluate.write_json(results_path, {
+        "step": num_train_steps, "final": final_eval, "best_val_top1": loop.best_val_top1,
+        "best_step": checkpoints.best_step()})
   return state
 
 
@@ -187,10 +230,11 @@ class _Loop:
   """The step loop: train, log, evaluate, checkpoint, and stop on divergence or preemption."""
 
   def __init__(self, config, mesh, model, learning_rate_fn, checkpoints, writer,
-               model_fields, steps_per_epoch, num_train_steps, best_val_top1):
+               steps_per_epoch, num_train_steps, best_val_top1):
     self.config, self.mesh = config, mesh
+    self.model_spec = model.model_spec
     self.learning_rate_fn = learning_rate_fn
-    self.checkpoints, self.writer, self.model_fields = checkpoints, writer, model_fields
+    self.checkpoints, self.writer = checkpoints, writer
     self.steps_per_epoch, self.num_train_steps = steps_per_epoch, num_train_steps
     self.best_val_top1 = best_val_top1
     self.train_step = make_train_step(model, config.label_smoothing, mesh)
@@ -199,8 +243,8 @@ class _Loop:
     self._unchecked: tuple[int, metrics.Metrics] | None = None  # Loss not yet checked.
 
   def run(self, state: TrainState, train_iter) -> tuple[TrainState, dict[str, Any] | None]:
-    """Trains to the last step; returns the state and the last evaluation (None if stopped
-    early for preemption or if there was nothing left to do)."""
+    """Trains to the last step; returns the state and the last evaluation (None if there
+    was nothing left to do). Raises Preempted after checkpointing on SIGTERM."""
     config = self.config
     start_step = int(jax.device_get(state.step))
     eval_every_steps = config.eval_every_epochs * self.steps_per_epoch
@@ -212,9 +256,12 @@ class _Loop:
       for step in range(start_step, self.num_train_steps):
         batch = parallel.make_global_batch(next(train_iter), self.batch_sharding)
         state, step_metrics = self.train_step(state, batch)
+        done = step + 1
+        if step == start_step:  # compile + first step: kept out of the rates and the ETA
+          jax.block_until_ready(step_metrics)
+          progress.restart(done)
         # Check the previous step's loss: waits for that step only, this one keeps running.
         self._check_loss()
-        done = step + 1
         self._unchecked = (done, step_metrics)
         window = step_metrics if window is None else window.merge(step_metrics)
 
@@ -227,7 +274,7 @@ class _Loop:
 
         if done % eval_every_steps == 0 or done == self.num_train_steps:
           progress.pause()
-          final_eval = self._evaluate(state, done)
+          final_eval = self.evaluate(state, done)
           self._save(state, val_top1=final_eval["top1"])
           progress.resume()
         elif done % config.checkpoint_every_steps == 0:
@@ -236,12 +283,11 @@ class _Loop:
         if preemption.reached(done):
           self._save(state)
           self.checkpoints.wait_until_finished()
-          logging.warning("Stopped at step %d for preemption; checkpoint saved. Run the same "
-                          "command again to resume.", done)
-          return state, None
+          raise Preempted(f"Stopped at step {done} of {self.num_train_steps} for preemption "
+                          "(SIGTERM); checkpoint saved. Run the same command to resume.")
     return state, final_eval
 
-  def _evaluate(self, state: TrainState, step: int) -> dict[str, Any]:
+  def evaluate(self, state: TrainState, step: int) -> dict[str, Any]:
     result = evaluate.evaluate(self.eval_step, state.variables, self.config, self.mesh)
     if self.best_val_top1 is None or result["top1"] > self.best_val_top1:
       self.best_val_top1 = result["top1"]
@@ -268,5 +314,5 @@ class _Loop:
       raise _divergence_error(int(jax.device_get(state.step)),
                               "the parameters became non-finite",
                               self.checkpoints.latest_step())
-    self.checkpoints.save(state, model=self.model_fields, best_val_top1=self.best_val_top1,
+    self.checkpoints.save(state, model_spec=self.model_spec, best_val_top1=self.best_val_top1,
                           val_top1=val_top1)

@@ -1,4 +1,4 @@
-"""The model named by a config, and the train state (params, BatchNorm stats, optimizer)."""
+"""The train state (params, BatchNorm statistics, optimizer state) and its initialisation."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax.training import train_state
 from jax.sharding import NamedSharding
-
-from rap_flax import models
 
 
 class TrainState(train_state.TrainState):
@@ -21,22 +18,6 @@ class TrainState(train_state.TrainState):
   @property
   def variables(self) -> dict[str, Any]:
     return {"params": self.params, "batch_stats": self.batch_stats}
-
-
-def model_fields(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
-  """What identifies the architecture; stored with checkpoints to refuse mismatched ones."""
-  model = config.model
-  return {"arch": model.arch, "num_classes": int(num_classes), "attention": model.attention,
-          "pool_types": list(model.pool_types), "rates": [float(r) for r in model.rates],
-          "width_multiplier": float(model.width_multiplier), "cifar": bool(model.cifar),
-          "lightweight_head": bool(model.lightweight_head)}
-
-
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  fields = model_fields(config, num_classes)
-  return models.create_model(fields.pop("arch"), dtype=config.model.dtype,
-                             depthwise_implementation=config.model.depthwise_implementation,
-                             **fields)
 
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, image_size: int, seed: int):
