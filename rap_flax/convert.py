@@ -15,6 +15,8 @@ outputs are kept unless --overwrite.
 
 from __future__ import annotations
 
+import os
+
 import jax
 from absl import flags
 
@@ -41,6 +43,8 @@ def convert(direction: str, source: str, output: str, config=None, checkpoint: s
   if direction not in DIRECTIONS:
     raise ValueError(f"Unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}.")
   source, output = files.expand(source), files.expand(output)
+  if direction != "to-flax" and os.path.exists(output) and not overwrite:
+    raise FileExistsError(f"{output} exists; pass --overwrite to replace it.")
   model = models.spec_from_config(config) if config is not None else None
   opened = weights.open_source(source, model, checkpoint)
   model_spec = model or opened.model_spec

@@ -135,7 +135,7 @@ def to_state_dict(variables: Mapping[str, Any], model) -> dict[str, np.ndarray]:
     value = np.asarray(leaf)
     if path[-1] == "num_batches_tracked":
       value = value.astype(np.int64)
-    state[torch_key(collection, path, gate)] = np.ascontiguousarray(_to_torch_layout(value))
+    state[torch_key(collection, path, gate)] = np.array(_to_torch_layout(value), order="C")
   return state
 
 

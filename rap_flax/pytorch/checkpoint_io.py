@@ -23,7 +23,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   try:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as error:  # torch raises many types for a bad file
-    if isinstance(error, pickle.UnpicklingError) or "weights_only" in str(error):
+    if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
       raise ValueError(
           f"Refusing to load {path}: it contains pickled objects other than tensors and plain "
           "containers, and loading them could execute code. Re-save only the state dict "
