@@ -37,7 +37,11 @@ import numpy as np  # noqa: E402
 
 import harness  # noqa: E402
 from rap_flax import data  # noqa: E402
-from rap_flax.data import catalog, pil_reference, prepare, testing  # noqa: E402
+from rap_flax.data import catalog, prepare  # noqa: E402
+
+# The fake-source writers and the PIL reference live with the tests (not installed).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests import fake_sources, pil_reference  # noqa: E402
 
 # Typical photo sizes (height, width) of Stanford Dogs / ImageNet images.
 SHAPES = [(375, 500), (500, 375), (333, 500), (500, 333), (375, 500), (400, 300), (480, 640),
@@ -47,7 +51,8 @@ IMAGENET_CLASSES = 8
 
 
 def generated_jpegs(count: int, seed: int) -> list[bytes]:
-  return [testing.photo_like_jpeg(*SHAPES[i % len(SHAPES)], seed=seed + i) for i in range(count)]
+  return [fake_sources.photo_like_jpeg(*SHAPES[i % len(SHAPES)], seed=seed + i)
+          for i in range(count)]
 
 
 def prepare_dogs(root: str, per_class: int) -> list[bytes]:
@@ -55,7 +60,7 @@ def prepare_dogs(root: str, per_class: int) -> list[bytes]:
   synsets = [f"n02{85620 + c:06d}-Breed_{c}" for c in range(DOGS_CLASSES)]
   paths = [f"{synsets[i % DOGS_CLASSES]}/{synsets[i % DOGS_CLASSES][:9]}_{i}.jpg"
            for i in range(len(images))]
-  testing.write_stanford_dogs_source(
+  fake_sources.write_stanford_dogs_source(
       os.path.join(root, "dogs"), dict(zip(paths, images)),
       {"train": paths, "test": paths[:DOGS_CLASSES]}, layout="upstream")
   prepare.prepare("stanford_dogs", os.path.join(root, "dogs"), os.path.join(root, "tfds"))
@@ -66,7 +71,7 @@ def prepare_imagenet(root: str, count: int) -> list[bytes]:
   images = generated_jpegs(count, seed=10_000)
   wnids = catalog.imagenet_subset_wnids(30)[:IMAGENET_CLASSES]  # any real wnids will do
   train = {wnid: images[c::len(wnids)] for c, wnid in enumerate(wnids)}
-  testing.write_ilsvrc_tars(os.path.join(root, "ilsvrc"), train, images[:4])
+  fake_sources.write_ilsvrc_tars(os.path.join(root, "ilsvrc"), train, images[:4])
   prepare.prepare("imagenet2012", os.path.join(root, "ilsvrc"), os.path.join(root, "tfds"))
   return images
 
@@ -176,8 +181,12 @@ def pil_worker(args) -> dict:
 def ours_worker(args) -> dict:
   batch = args.batch_size
   tfds_dir = os.path.join(args.root, "tfds")
-  config = lambda dataset: {"dataset": dataset, "data_dir": tfds_dir, "seed": 0, "cache": True,
-                            "shuffle_buffer_size": 4096, "prefetch_batches": 2}
+  def config(dataset):
+    data_config = data.default_config()
+    data_config.update({"dataset": dataset, "data_dir": tfds_dir, "cache": True,
+                        "shuffle_buffer_size": 4096, "prefetch_batches": 2})
+    return data_config
+
   one_host = dict(process_index=0, process_count=1)
   dogs_epoch = len(os.listdir(os.path.join(args.root, "jpegs", "dogs"))) // batch
   dogs_it = data.create_train_iterator(config("stanford_dogs"), batch, **one_host)

@@ -2,7 +2,7 @@
 
 Flax side: the real training step (`rap_flax.training.train_lib.make_train_step`: forward,
 backward, SGD with momentum 0.9 and coupled weight decay 1e-4). PyTorch side: forward +
-backward + torch.optim.SGD of `rap_flax.torch_models` (the upstream state-dict layout, NCHW),
+backward + torch.optim.SGD of `rap_flax.pytorch.models` (the upstream state-dict layout, NCHW),
 same model, batch and thread count. Each side runs in its own process, rounds alternate
 (flax, torch, torch, flax, ...), and each round is a fresh process: the Flax compile is cold
 every round and reported as `compile_overhead_s` (first step minus a steady step).
@@ -63,13 +63,15 @@ def _time_steps(step, first_steps: int, steps: int) -> dict:
 def flax_worker(args, arch: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from rap_flax import models
   from rap_flax.training import config_lib, optim, parallel, train_lib, train_state
 
   config = config_lib.base_config()
   config.model.arch, config.model.attention, config.model.dtype = arch, args.attention, args.dtype
   config.model.depthwise_implementation = args.depthwise_implementation
+  config.model.num_classes = args.num_classes
   mesh = parallel.create_mesh()
-  model = train_state.create_model(config, args.num_classes)
+  model = models.from_config(config)
   tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, 10_000))
   state = train_state.create_train_state(model, tx, args.image_size, 0,
                                          parallel.replicated_sharding(mesh))
@@ -93,7 +95,7 @@ def flax_worker(args, arch: str) -> dict:
 
 def torch_worker(args, arch: str) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
-  from rap_flax import torch_models
+  from rap_flax.pytorch import models as torch_models
 
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)

@@ -11,20 +11,17 @@ functions.
 
 import os
 import pathlib
-import sys
 import tempfile
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # rap_flax is used from the checkout, not installed.
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rap_flax import data, models
-from rap_flax.training import checkpoint, evaluate, metrics, parallel, train_lib, train_state
+from rap_flax import data, files, models, weights
+from rap_flax.training import metrics, train_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", str(REPO / "configs" / "digits_srap.py"),
@@ -38,12 +35,12 @@ flags.DEFINE_integer("dpi", 80, "Resolution of the PNG.")
 
 def one_per_class(config, count: int) -> tuple[np.ndarray, np.ndarray]:
   """The first validation image of each of the classes 0..count-1: (images, labels)."""
-  info = data.get_dataset_info(config)
+  info = data.get_dataset_info(config.data)
   if not 1 <= count <= info.num_classes:
     raise ValueError(f"count={count}: choose between 1 and {info.num_classes} (the number of "
                      f"classes of {info.name!r}).")
   chosen: dict[int, np.ndarray] = {}
-  for batch in data.create_eval_iterator(config, batch_size=256):
+  for batch in data.create_eval_iterator(config.data, batch_size=256):
     for image, label, valid in zip(batch["image"], batch["label"], batch["mask"]):
       if valid and label < count:
         chosen.setdefault(int(label), image)
@@ -102,35 +99,19 @@ def attention_figure(images: np.ndarray, labels, maps: dict[str, dict[str, np.nd
   return figure
 
 
-def restore_best(config, workdir: str, model) -> dict:
-  """{"params", "batch_stats"} of the best (by validation top-1) checkpoint in workdir."""
-  info = data.get_dataset_info(config)
-  checkpoints = checkpoint.Checkpoints(workdir, read_only=True)
-  try:
-    step = evaluate.resolve_step(checkpoints, "best")
-    abstract = train_state.abstract_variables(
-        model, info.image_size, parallel.replicated_sharding(parallel.create_mesh()))
-    logging.info("Drawing the checkpoint of step %d in %s.", step, workdir)
-    return checkpoints.restore_variables(abstract, step,
-                                         train_state.model_fields(config, info.num_classes))
-  finally:
-    checkpoints.close()
-
-
 def render(config, workdir: str, output: str, num_images: int, dpi: int) -> None:
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     logging.info("No checkpoints in %s: training %s first.", workdir, config.model.arch)
     train_lib.train_and_evaluate(config, workdir)
-  model = train_state.create_model(config, data.get_dataset_info(config).num_classes)
-  variables = restore_best(config, workdir, model)
+  model = models.from_config(config)
+  variables = weights.load_variables(workdir, model, checkpoint="best")
   images, labels = one_per_class(config, num_images)
   maps = models.attention_maps(model, variables, images)
   title = (f"{config.model.attention.upper()} per-pixel weights of {config.model.arch} "
-           f"(width {config.model.width_multiplier}) on validation {config.dataset}")
+           f"(width {config.model.width_multiplier}) on validation {config.data.dataset}")
   figure = attention_figure(images, labels, maps, last_unit_of_each_stage(maps), title=title)
-  tmp = f"{output}.tmp-{os.getpid()}.png"
-  figure.savefig(tmp, dpi=dpi)
-  os.replace(tmp, output)
+  with files.atomic_output(output) as tmp:
+    figure.savefig(tmp, dpi=dpi, format="png")
   logging.info("Wrote %s (%d bytes).", output, os.path.getsize(output))
 
 

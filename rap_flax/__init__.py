@@ -8,6 +8,12 @@ The names below load on first use, so `import rap_flax` stays cheap.
 """
 
 import importlib
+import os
+
+# TensorFlow (tf.data, clu's TensorBoard writer) announces its oneDNN kernels on stderr at
+# import, twice; the input pipelines gain nothing from them. A user's own setting wins.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 _EXPORTS = {
     "ModelSpec": "rap_flax.spec",

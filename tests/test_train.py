@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -215,7 +216,7 @@ def test_missing_dataset_says_how_to_prepare_it(tmp_path):
   from rap_flax.training import train_lib  # pylint: disable=g-import-not-at-top
   config = tiny_config(**{"data.dataset": "stanford_dogs",
                           "data.data_dir": str(tmp_path / "no_data")})
-  with pytest.raises(Exception, match=r"(?s)'stanford_dogs' is not prepared.*Prepare it"):
+  with pytest.raises(Exception, match=r"(?s)'stanford_dogs' is not prepared.*prepare it once"):
     train_lib.train_and_evaluate(config, str(tmp_path / "run"))
 
 
@@ -369,3 +370,48 @@ def test_two_processes_train_and_checkpoint(tmp_path, jax_cache):
   assert evaluation["top1"] == results["final"]["top1"]
   assert evaluation["top5"] == results["final"]["top5"]
   assert evaluation["loss"] == pytest.approx(results["final"]["loss"], rel=1e-5)
+
+
+def test_fine_tuning_from_an_upstream_pth_keeps_the_backbone_and_reinitialises_the_classifier(
+    tmp_path, jax_cache):
+  """An upstream-layout 100-class MobileNetV1 (w0.25, CIFAR stem, SRAP) as .pth, fine-tuned on
+  digits with learning rate 0: every backbone weight ends equal to the source's; the 10-class
+  classifier starts fresh and the log says so."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from rap_flax import weights  # pylint: disable=g-import-not-at-top
+  from rap_flax.pytorch import models as torch_models  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  source = torch_models.create_model("mobilenetv1", 100, "srap", width_multiplier=0.25,
+                                     cifar=True)
+  pth = tmp_path / "imagenet100.pth"
+  torch.save({"model_state_dict": source.state_dict()}, pth)
+  workdir = tmp_path / "run"
+  result = run_train(jax_cache, workdir, "--config.model.attention=srap",
+                     f"--config.init_from={pth}", "--config.learning_rate=0",
+                     "--config.warmup_epochs=0", "--config.num_train_steps=2")
+  reinitialised = [line for line in result.stderr.splitlines() if "Re-initialised" in line]
+  assert len(reinitialised) == 2 and all("classifier" in line for line in reinitialised)
+  taken, total = map(int, re.search(r"Initialised (\d+) of (\d+) variables from",
+                                    result.stderr).groups())
+  assert taken == total - 2  # all but the classifier's kernel and bias
+  trained = restored_params(workdir, 2)
+  state = {k: v.numpy() for k, v in source.state_dict().items()}
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  for path, value in traverse_util.flatten_dict(trained).items():
+    key = weights.torch_key("params", path, weights.spec_lib.GATES["srap"])
+    if path[0] == "classifier":
+      assert value.shape[-1] == 10
+      continue
+    expected = np.transpose(state[key], (2, 3, 1, 0)) if value.ndim == 4 else (
+        state[key].T if value.ndim == 2 else state[key])
+    np.testing.assert_array_equal(value, expected, err_msg=key)
+
+
+def test_resuming_wins_over_init_from(tmp_path, jax_cache):
+  workdir = tmp_path / "run"
+  run_train(jax_cache, workdir, "--config.num_train_steps=2")
+  result = run_train(jax_cache, workdir, "--config.num_train_steps=4",
+                     f"--config.init_from={tmp_path / 'nonexistent.pth'}")
+  assert "Restored checkpoint of step 2" in result.stderr
+  assert checkpoint_steps(workdir)[-1] == 4

@@ -41,10 +41,8 @@ def load_builder(spec: catalog.TfdsDataset, data_dir: str | None) -> tfds.core.D
   builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
   if not builder.is_prepared():
     raise DatasetNotPreparedError(
-        f"Dataset {spec.name!r} is not prepared in {builder.data_dir}. Prepare it once with:\n"
-        f"  {spec.prepare_command}\n"
-        "and point config.data_dir at DATA_DIR (None means the tfds default, "
-        "~/tensorflow_datasets or $TFDS_DATA_DIR).")
+        f"Dataset {spec.name!r} is not prepared in {builder.data_dir}; prepare it once with\n"
+        f"  {spec.prepare_command}  and set --config.data.data_dir=DATA_DIR.")
   return builder
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging as std_logging
 import os
+import sys
 from typing import Any, Callable, TypeVar
 
 import jax
@@ -70,6 +71,23 @@ def _quiet_orbax():
   finally:
     for logger, level in zip(loggers, levels):
       logger.setLevel(level)
+
+
+def _ignore_late_orbax_callbacks() -> None:
+  """After a failed read, orbax's still-pending reads complete into its closed event loop and
+  each reports "RuntimeError: Event loop is closed" as an unraisable exception (a traceback on
+  stderr, possibly at exit). The failure itself was already reported; those are dropped."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_errors", False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.drops_closed_loop_errors = True
+  sys.unraisablehook = hook
 
 
 class Checkpoints:
@@ -147,6 +165,7 @@ class Checkpoints:
       except ArchitectureMismatchError:
         raise
       except Exception as error:  # pylint: disable=broad-except  # any damage: next step
+        _ignore_late_orbax_callbacks()
         if explicit:
           raise DamagedCheckpointError(
               f"Checkpoint step {step} in {self.directory} cannot be read ({_cause(error)}). "

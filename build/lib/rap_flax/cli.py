@@ -1,0 +1,116 @@
+"""What every command-line entry point shares: absl flags, configs through config_flags,
+`~`/$VAR expansion of path flags, and errors as one or two lines instead of tracebacks.
+
+Exit codes: 0 success, 1 training diverged (NaN/Inf), 2 a usage or input error (the message
+says what to fix), EXIT_PREEMPTED (75) stopped by SIGTERM after checkpointing (run the same
+command again to resume). `--verbose` (or RAP_FLAX_VERBOSE=1) shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Callable
+
+from absl import app, flags
+
+from rap_flax import files
+
+EXIT_DIVERGED = 1
+EXIT_USAGE = 2
+EXIT_PREEMPTED = 75  # sysexits' EX_TEMPFAIL: a scheduler may retry the same command
+
+# Flags whose values are paths (also inside --config.FIELD=VALUE overrides).
+PATH_FLAGS = ("config", "workdir", "weights", "output", "input", "source", "data_dir",
+              "config.data.data_dir", "config.init_from")
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
+                NotADirectoryError, PermissionError)
+
+flags.DEFINE_bool("verbose", False, "Show the traceback of an error (also RAP_FLAX_VERBOSE=1).")
+
+
+def define_config_flag(help_text: str = "Config file (configs/NAME.py or configs/NAME.py:ARG); "
+                       "override fields with --config.FIELD=VALUE.", required: bool = True):
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)
+  if required:
+    flags.mark_flag_as_required("config")
+
+
+def load_config():
+  """flags.FLAGS.config, turning a config that cannot be loaded into a ValueError."""
+  try:
+    config = flags.FLAGS.config
+    config.get("model")  # config_flags loads lazily: make any loading error surface here
+  except (OSError, AttributeError, KeyError, TypeError, SyntaxError) as error:
+    raise ValueError(_config_error(error)) from error
+  if config is None:
+    raise ValueError("Pass --config=configs/NAME.py.")
+  return config
+
+
+def _config_error(error: BaseException) -> str:
+  text = str(error)
+  missing = re.search(r"No such file or directory: '([^']+)'", text)
+  if missing:
+    return (f"Config file {missing.group(1)} does not exist; pass --config=configs/NAME.py "
+            "(run from the repository root, or give its full path).")
+  if "earlier failure to load" in text and error.__context__ is not None:
+    return _config_error(error.__context__)
+  text = text.replace("\\n", "\n").strip("'\"")
+  return "Bad --config: " + " ".join(text.split())
+
+
+def _expand_paths(argv: list[str]) -> list[str]:
+  expanded = []
+  for arg in argv:
+    name, sep, value = arg.partition("=")
+    if sep and name.lstrip("-") in PATH_FLAGS:
+      arg = f"{name}={files.expand(value)}"
+    expanded.append(arg)
+  return expanded
+
+
+def _message(error: BaseException) -> str:
+  text = str(error).strip() or type(error).__name__
+  if isinstance(error, KeyError):
+    text = text.strip("'\"")
+  return text
+
+
+def run(main: Callable[[list[str]], int | None]) -> None:
+  """app.run(main) with clean errors and documented exit codes (see the module docstring)."""
+  from rap_flax.training import config_lib, train_lib  # pylint: disable=g-import-not-at-top
+
+  verbose = "--verbose" in sys.argv or os.environ.get("RAP_FLAX_VERBOSE", "") not in ("", "0")
+  sys.argv = [sys.argv[0]] + _expand_paths(sys.argv[1:])
+  in_main = False
+
+  def guarded(argv):
+    nonlocal in_main
+    in_main = True
+    return main(argv)
+
+  try:
+    config_lib.check_moved_fields(sys.argv[1:])
+    app.run(guarded)
+  except train_lib.Preempted as error:
+    print(f"{error} (exit code {EXIT_PREEMPTED})", file=sys.stderr)
+    sys.exit(EXIT_PREEMPTED)
+  except FloatingPointError as error:
+    if verbose:
+      raise
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(EXIT_DIVERGED)
+  except (AttributeError, KeyError, TypeError, OSError) as error:
+    if verbose or in_main and not isinstance(error, _USER_ERRORS):
+      raise  # a bug, not a flag mistake: keep the traceback
+    message = _config_error(error) if not in_main else _message(error)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+  except _USER_ERRORS as error:
+    if verbose:
+      raise
+    print(f"error: {_message(error)}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)

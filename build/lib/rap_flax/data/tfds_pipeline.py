@@ -1,0 +1,137 @@
+"""tf.data pipelines over the prepared tfds datasets (imports tensorflow; loaded only when used).
+
+Train: host shard (tfds.even_splits, remainder dropped) -> [decode -> cache] -> shuffle keyed by
+(seed, epoch) -> skip to the resume step -> per-example stateless augmentation -> batch.
+Each epoch is its own tf.data pipeline, so epoch e is built identically whether or not earlier
+epochs ran in this process; that is what makes resuming exact.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from rap_flax import files
+from rap_flax.data import base, catalog, transforms
+
+_SKIP_IMAGE_DECODING = {"image": tfds.decode.SkipDecoding()}
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  pass
+
+
+def parallel_map(dataset: tf.data.Dataset, fn) -> tf.data.Dataset:
+  return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def deterministic(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """Parallel maps keep their input order: the batch at a step must not depend on timing."""
+  options = tf.data.Options()
+  options.deterministic = True
+  return dataset.with_options(options)
+
+
+def load_builder(spec: catalog.TfdsDataset, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  if spec.tfds_name.startswith("imagenet_rein/"):
+    from rap_flax.data import builders  # noqa: F401  (registers the imagenet_rein builder)
+  builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+  if not builder.is_prepared():
+    raise DatasetNotPreparedError(
+        f"Dataset {spec.name!r} is not prepared in {builder.data_dir}. Prepare it once with:\n"
+        f"  {spec.prepare_command}\n"
+        "and point config.data_dir at DATA_DIR (None means the tfds default, "
+        "~/tensorflow_datasets or $TFDS_DATA_DIR).")
+  return builder
+
+
+class TfdsSource:
+  """A prepared tfds dataset plus what the config says about reading it."""
+
+  def __init__(self, spec: catalog.TfdsDataset, data_config):
+    self.spec = spec
+    self.builder = load_builder(spec, files.expand(data_config.data_dir))
+    self.train_split = data_config.train_split or spec.train_split
+    self.eval_split = data_config.eval_split or spec.eval_split
+    self.image_size = int(data_config.image_size or spec.image_size)
+    self.transforms = transforms.FAMILIES[spec.preprocessing](self.image_size)
+    self.cache = bool(data_config.cache) and spec.cacheable
+    self.shuffle_buffer_size = int(data_config.shuffle_buffer_size)
+    self.prefetch_batches = int(data_config.prefetch_batches)
+    self.info = base.DatasetInfo(
+        spec.name, self.builder.info.features["label"].num_classes,
+        self.num_examples(self.train_split), self.num_examples(self.eval_split), self.image_size)
+
+  def num_examples(self, split) -> int:
+    try:
+      return self.builder.info.splits[split].num_examples
+    except (KeyError, ValueError) as error:
+      raise ValueError(
+          f"{self.spec.name} has no split {split!r} (splits: {list(self.builder.info.splits)}); "
+          "fix config.train_split / config.eval_split.") from error
+
+  def read(self, split, shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """(encoded image, int32 label) pairs; files shuffled by shuffle_seed when given."""
+    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
+    dataset = self.builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
+                                      read_config=read_config, decoders=_SKIP_IMAGE_DECODING)
+    return parallel_map(dataset, lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))
+
+  def train_iterator(self, batch_size: int, start_step: int, seed: int,
+                     shard: base.HostShard) -> Iterator[base.Batch]:
+    split = tfds.even_splits(self.train_split, n=shard.count, drop_remainder=True)[shard.index]
+    num_examples = self.num_examples(split)
+    steps_per_epoch = base.train_steps_per_epoch(num_examples, batch_size, self.spec.name)
+    decode = lambda image, label: (self.transforms.decode(image), label)
+    cached = None
+    if self.cache:
+      cached = parallel_map(self.read(split), decode).cache()
+
+    def epoch_pipeline(epoch: int, first_step: int) -> tf.data.Dataset:
+      shuffle_seed = base.epoch_seed(seed, epoch, shard)
+      examples = cached if cached is not None else self.read(split, shuffle_seed=shuffle_seed)
+      # A buffer larger than the dropped remainder makes each epoch read the split to its end,
+      # which is what completes the cache in the first epoch.
+      buffer_size = min(max(self.shuffle_buffer_size, batch_size), num_examples)
+      examples = examples.shuffle(buffer_size, seed=shuffle_seed)
+      examples = examples.skip(first_step * batch_size)
+      if cached is None:
+        examples = parallel_map(examples, decode)
+      positions = tf.data.Dataset.range(first_step * batch_size, steps_per_epoch * batch_size)
+
+      def augment(position, example):
+        image, label = example
+        key = transforms.example_key(seed, epoch, position)
+        uniforms = tf.random.stateless_uniform([self.transforms.num_uniforms], seed=key)
+        return {"image": self.transforms.train(image, uniforms), "label": label}
+
+      batches = tf.data.Dataset.zip(positions, examples)  # zip stops at the dropped remainder
+      batches = parallel_map(batches, augment)
+      batches = batches.batch(batch_size, drop_remainder=True)
+      return deterministic(batches.prefetch(self.prefetch_batches))
+
+    def batches():
+      epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
+      mask = np.ones(batch_size, bool)
+      while True:
+        for batch in epoch_pipeline(epoch, step_in_epoch).as_numpy_iterator():
+          yield {**batch, "mask": mask}
+        epoch, step_in_epoch = epoch + 1, 0
+
+    return batches()
+
+  def eval_iterator(self, batch_size: int, shard: base.HostShard) -> Iterator[base.Batch]:
+    total = self.info.num_eval
+    batches = iter(())
+    if len(shard.eval_range(total)):  # tfds refuses to read an empty sub-split
+      # drop_remainder=False hands the first hosts one extra example, like HostShard.eval_range.
+      split = tfds.even_splits(self.eval_split, n=shard.count, drop_remainder=False)[shard.index]
+      evaluate = lambda image, label: {"image": self.transforms.eval(image), "label": label}
+      dataset = parallel_map(self.read(split), evaluate)
+      dataset = dataset.batch(batch_size).prefetch(self.prefetch_batches)
+      batches = deterministic(dataset).as_numpy_iterator()
+    return base.pad_eval_batches(batches, batch_size, shard.num_eval_batches(total, batch_size),
+                                 base.example_shapes(self.image_size))

@@ -1,0 +1,37 @@
+"""Paths from users and files we write: `~`/$VAR expansion, atomic replacement."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Iterator
+
+
+def expand(path: str | os.PathLike | None) -> str | None:
+  """`~` and environment variables expanded (the shell does not after `--flag=`)."""
+  if path is None:
+    return None
+  return os.path.expandvars(os.path.expanduser(os.fspath(path)))
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, overwrite: bool = True) -> Iterator[str]:
+  """Yields a temporary file name beside `path`; on success it replaces `path` in one rename,
+  on failure it is removed, so `path` is either the old file or the complete new one."""
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"{path} is a directory; give a file name for the output.")
+  if not overwrite and os.path.exists(path):
+    raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                 dir=directory)
+  os.close(handle)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise

@@ -1,0 +1,1 @@
+"""Building blocks: activations, normalisation, convolutions and attention gates."""

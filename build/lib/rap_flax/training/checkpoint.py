@@ -1,0 +1,246 @@
+"""Orbax checkpoints of the train state: the last k and the best by validation top-1.
+
+Every checkpoint stores the train state (step, params, BatchNorm statistics, optimizer state)
+and, as metadata, the model it belongs to (`rap_flax.spec.ModelSpec`) and the best validation
+top-1 so far. Checkpoints written after an evaluation carry that evaluation's top-1 as their
+orbax metric, which is how orbax keeps the best one beyond the last k. Orbax writes each step
+into a temporary directory and renames it when complete, so a run killed mid-save leaves the
+previous checkpoint intact.
+
+A step that cannot be read (truncated files, a lost metadata file, a bad disk) is skipped
+with one warning line for the newest readable one, unless that exact step was asked for. A
+resumed run moves the damaged steps newer than its starting point to `damaged-STEP/`
+(never deleting them) so that it can write those steps again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging as std_logging
+import os
+from typing import Any, Callable, TypeVar
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from rap_flax import spec as spec_lib
+from rap_flax.training.train_state import TrainState
+
+METRIC = "val_top1"
+CHECKPOINT_CHOICES = ("best", "latest")
+_T = TypeVar("_T")
+
+
+class ArchitectureMismatchError(ValueError):
+  """The workdir holds checkpoints of a different model than the config describes."""
+
+
+class DamagedCheckpointError(ValueError):
+  """No readable checkpoint (or the one explicitly asked for cannot be read)."""
+
+
+class NoCheckpointError(FileNotFoundError):
+  """The workdir holds no checkpoints."""
+
+
+def _best_fn(metrics: dict[str, float]) -> float:
+  return metrics[METRIC]
+
+
+def _cause(error: BaseException) -> str:
+  """The innermost cause of an orbax failure, on one line."""
+  while error.__cause__ is not None or (error.__context__ is not None
+                                        and not error.__suppress_context__):
+    error = error.__cause__ or error.__context__
+  text = " ".join(str(error).split())
+  return f"{type(error).__name__}: {text[:160]}" if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Orbax and asyncio log a traceback per failed read; the caller reports it on one line."""
+  loggers = [std_logging.getLogger(name) for name in ("absl", "asyncio", "orbax")]
+  levels = [logger.level for logger in loggers]
+  for logger in loggers:
+    logger.setLevel(std_logging.CRITICAL)
+  try:
+    yield
+  finally:
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
+
+
+class Checkpoints:
+  """Saves and restores TrainStates under `<workdir>/checkpoints`."""
+
+  def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if read_only and not os.path.isdir(self.directory):
+      raise NoCheckpointError(f"No checkpoints in {workdir}: it has no checkpoints/ directory. "
+                              "Train first (python train.py --config=... --workdir=...).")
+    self._read_only = read_only
+    policy = ocp.checkpoint_managers
+    self._options = ocp.CheckpointManagerOptions(
+        best_fn=_best_fn, best_mode="max", read_only=read_only, create=not read_only,
+        save_interval_steps=0 if read_only else 1,
+        preservation_policy=policy.AnyPreservationPolicy([
+            policy.LatestN(n=keep),
+            policy.BestN(get_metric_fn=_best_fn, n=1, keep_checkpoints_without_metrics=False),
+        ]))
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    with _quiet_orbax():
+      return ocp.CheckpointManager(self.directory, options=self._options,
+                                   item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The step with the best validation top-1 (the latest such step on ties)."""
+    with _quiet_orbax():
+      try:
+        return self._manager.best_step()
+      except Exception:  # pylint: disable=broad-except  # damaged metrics: no best known
+        return None
+
+  def _metadata(self, step: int) -> dict[str, Any]:
+    metadata = self._manager.metadata(step)
+    custom = dict(getattr(metadata, "custom_metadata", None) or {})
+    if not custom.get("model"):
+      raise DamagedCheckpointError("its metadata (_CHECKPOINT_METADATA) is missing or empty")
+    return custom
+
+  def candidates(self, which: str) -> list[int]:
+    """Steps to try for "best" / "latest" / "STEP", in order of preference."""
+    steps = self.steps()
+    if not steps:
+      raise NoCheckpointError(f"No checkpoints in {self.directory}. Train first (python "
+                              "train.py --config=... --workdir=...).")
+    newest_first = steps[::-1]
+    if which == "latest":
+      return newest_first
+    if which == "best":
+      best = self.best_step()
+      return ([best] if best is not None else []) + [s for s in newest_first if s != best]
+    if not str(which).isdigit():
+      raise ValueError(f"checkpoint={which!r}: use one of {CHECKPOINT_CHOICES} or a step "
+                       "number.")
+    if int(which) not in steps:
+      raise ValueError(f"No checkpoint of step {which} in {self.directory}; saved steps: "
+                       f"{steps}.")
+    return [int(which)]
+
+  def _first_readable(self, which: str, read: Callable[[int], _T]) -> tuple[int, _T]:
+    candidates = self.candidates(which)
+    explicit = str(which).isdigit()
+    for step in candidates:
+      try:
+        with _quiet_orbax():
+          return step, read(step)
+      except ArchitectureMismatchError:
+        raise
+      except Exception as error:  # pylint: disable=broad-except  # any damage: next step
+        if explicit:
+          raise DamagedCheckpointError(
+              f"Checkpoint step {step} in {self.directory} cannot be read ({_cause(error)}). "
+              f"Choose another step (saved: {self.steps()}) or --checkpoint=latest.") from error
+        logging.warning("Checkpoint step %d in %s cannot be read (%s); trying an older one.",
+                        step, self.directory, _cause(error))
+    raise DamagedCheckpointError(f"None of the checkpoints {candidates} in {self.directory} can "
+                                 "be read; start from a fresh --workdir.")
+
+  def save(self, state: TrainState, *, model_spec: spec_lib.ModelSpec,
+           best_val_top1: float | None, val_top1: float | None = None) -> None:
+    """Starts an asynchronous save of `state` at its step; `val_top1` if just evaluated."""
+    step = int(jax.device_get(state.step))
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)),
+        metrics=None if val_top1 is None else {METRIC: float(val_top1)},
+        custom_metadata={"model": model_spec.to_dict(), "best_val_top1": best_val_top1},
+        force=True)
+    logging.info("Saving checkpoint at step %d to %s.", step, self.directory)
+
+  def _check_model(self, step: int, model_spec: spec_lib.ModelSpec) -> dict[str, Any]:
+    metadata = self._metadata(step)
+    try:
+      stored = spec_lib.ModelSpec.from_dict(metadata["model"])
+    except (TypeError, ValueError) as error:
+      raise DamagedCheckpointError(f"its stored model is unreadable ({error})") from error
+    if stored != model_spec:
+      differences = {k: (v, model_spec.to_dict()[k]) for k, v in stored.to_dict().items()
+                     if model_spec.to_dict()[k] != v}
+      raise ArchitectureMismatchError(
+          f"{self.directory} holds checkpoints of another model; stored vs requested: "
+          f"{differences}. Use a fresh --workdir, or set the config's model fields to the "
+          "stored ones.")
+    return metadata
+
+  def restore(self, abstract_state: TrainState, model_spec: spec_lib.ModelSpec,
+              which: str = "latest") -> tuple[TrainState, float | None]:
+    """The newest readable state onto the shapes, dtypes and shardings of `abstract_state`,
+    and the best validation top-1 recorded with it."""
+
+    def read(step):
+      metadata = self._check_model(step, model_spec)
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(abstract_state, restore_args=(
+              ocp.checkpoint_utils.construct_restore_args(abstract_state)))))
+      return restored.state, metadata.get("best_val_top1")
+
+    step, (state, best_val_top1) = self._first_readable(which, read)
+    logging.info("Restored checkpoint of step %d from %s.", step, self.directory)
+    if not self._read_only:
+      self._move_aside_newer_than(step)
+    return state, best_val_top1
+
+  def restore_variables(self, which: str = "best"
+                        ) -> tuple[int, dict[str, Any], spec_lib.ModelSpec]:
+    """(step, {"params", "batch_stats"} as numpy, the stored ModelSpec) of `which`."""
+
+    def read(step):
+      metadata = self._metadata(step)
+      tree = self._manager.item_metadata(step).state
+      target = {c: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree[c])
+                for c in ("params", "batch_stats")}
+      restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True)))
+      return dict(restored.state), spec_lib.ModelSpec.from_dict(metadata["model"])
+
+    step, (variables, model_spec) = self._first_readable(which, read)
+    logging.info("Restored the variables of step %d from %s.", step, self.directory)
+    return step, variables, model_spec
+
+  def _move_aside_newer_than(self, step: int) -> None:
+    newer = [s for s in self.steps() if s > step]
+    if not newer:
+      return
+    self._manager.close()
+    for damaged in newer:
+      target = os.path.join(self.directory, f"damaged-{damaged}")
+      os.replace(os.path.join(self.directory, str(damaged)), target)
+      logging.warning("Moved the unreadable checkpoint step %d to %s; training resumes from "
+                      "step %d.", damaged, target, step)
+    self._manager = self._open()
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves, then releases orbax's threads."""
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpoints":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()

@@ -1,0 +1,80 @@
+"""Evaluation over a whole split: during training, and of a saved (orbax or PyTorch) checkpoint.
+
+BatchNorm runs on its running statistics (train=False), which are identical on every device
+because the state is replicated and was updated from global-batch statistics.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import jax
+import ml_collections
+from absl import logging
+from jax.sharding import Mesh
+
+from rap_flax import files, models, weights
+from rap_flax.training import config_lib, metrics, parallel
+
+EvalStep = Callable[[Any, Any], metrics.Metrics]
+
+
+def make_eval_step(model, mesh: Mesh) -> EvalStep:
+  def eval_step(variables, batch) -> metrics.Metrics:
+    logits = model.apply(variables, batch["image"], train=False)
+    return metrics.Metrics.single_from_model_output(
+        mask=batch["mask"], **metrics.per_example_outputs(logits, batch["label"]))
+
+  return jax.jit(eval_step,
+                 in_shardings=(parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)),
+                 out_shardings=parallel.replicated_sharding(mesh))
+
+
+def evaluate(eval_step: EvalStep, variables, config: ml_collections.ConfigDict,
+             mesh: Mesh) -> dict[str, float]:
+  """loss, top1, top5 (fractions) and num_examples over the whole eval split."""
+  from rap_flax import data  # pylint: disable=g-import-not-at-top
+
+  batch_size = parallel.per_host_batch_size(config.eval_batch_size, "eval_batch_size")
+  sharding = parallel.data_sharding(mesh)
+  total = None
+  for batch in data.create_eval_iterator(config.data, batch_size=batch_size):
+    batch_metrics = eval_step(variables, parallel.make_global_batch(batch, sharding))
+    total = batch_metrics if total is None else total.merge(batch_metrics)
+  if total is None:
+    raise ValueError(f"The eval split of {config.data.dataset!r} yielded no batches.")
+  return {**metrics.to_floats(total), "num_examples": metrics.num_examples(total)}
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, source: str,
+                        which: str = "best") -> dict[str, Any]:
+  """Evaluates the weights of `source` (see rap_flax.load_variables: a workdir, a converter
+  directory, a .pth or .safetensors file) as the model `config` describes.
+
+  Returns loss/top1/top5/num_examples with the source, step and dataset.
+  """
+  from rap_flax import data  # pylint: disable=g-import-not-at-top
+
+  config_lib.validate_config(config)
+  mesh = parallel.create_mesh()
+  info = data.get_dataset_info(config.data)
+  model = models.from_config(config)
+  opened = weights.open_source(source, model, which)
+  variables = jax.device_put(weights.exact_variables(opened, model),
+                             parallel.replicated_sharding(mesh))
+  result: dict[str, Any] = {"source": opened.description, "checkpoint": which,
+                            "step": opened.step, "dataset": info.name}
+  result.update(evaluate(make_eval_step(model, mesh), variables, config, mesh))
+  logging.info("Evaluation of %s: top-1 %.2f%%, top-5 %.2f%%, loss %.4f on %d examples.",
+               result["source"], 100 * result["top1"], 100 * result["top5"], result["loss"],
+               result["num_examples"])
+  return result
+
+
+def write_json(path: str, values: dict[str, Any]) -> None:
+  """Atomic write from the first process only."""
+  if jax.process_index() != 0:
+    return
+  with files.atomic_output(path) as tmp, open(tmp, "w") as f:
+    json.dump(values, f, indent=2, sort_keys=True)

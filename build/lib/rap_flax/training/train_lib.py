@@ -1,0 +1,318 @@
+"""Training loop: `train_and_evaluate(config, workdir)`.
+
+One jitted train step runs over all devices of all hosts (see parallel.py). The loop resumes
+from the latest checkpoint in `workdir`, and since the input pipeline yields the same batch
+for a given step however it was started, a resumed run follows the trajectory of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import signal
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+from clu import parameter_overview
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from rap_flax import files, models, weights
+from rap_flax.training import checkpoint, config_lib, evaluate, metrics, optim, parallel
+from rap_flax.training import train_state as train_state_lib
+from rap_flax.training.train_state import TrainState
+
+TrainStep = Callable[[TrainState, Any], tuple[TrainState, metrics.Metrics]]
+
+
+def make_train_step(model, label_smoothing: float, mesh: Mesh) -> TrainStep:
+  """Forward, backward and SGD update on one global batch; the old state is donated."""
+
+  def train_step(state: TrainState, batch) -> tuple[TrainState, metrics.Metrics]:
+    mask = batch["mask"].astype(jnp.float32)
+
+    def loss_fn(params):
+      logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                    batch["image"], train=True, mutable=["batch_stats"])
+      outputs = metrics.per_example_outputs(logits, batch["label"], label_smoothing)
+      loss = jnp.sum(outputs["loss"] * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+      return loss, (outputs, updates["batch_stats"])
+
+    (_, (outputs, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    return state, metrics.Metrics.single_from_model_output(mask=batch["mask"], **outputs)
+
+  replicated = parallel.replicated_sharding(mesh)
+  return jax.jit(train_step, in_shardings=(replicated, parallel.data_sharding(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                              if jnp.issubdtype(x.dtype, jnp.floating)]))
+
+
+def _divergence_error(step: int, what: str, last_good: int | None) -> FloatingPointError:
+  kept = (f"The last good checkpoint (step {last_good}) is left untouched"
+          if last_good is not None else "No checkpoint was written")
+  return FloatingPointError(
+      f"Training diverged: {what} at step {step}. {kept}. Lower --config.learning_rate "
+      "(or add --config.warmup_epochs), and if --config.model.dtype=bfloat16 is on, try "
+      "float32.")
+
+
+class _Preemption:
+  """Tells whether this job was asked to stop (SIGTERM), consistently across hosts.
+
+  A single process handles SIGTERM itself. With several processes, jax's preemption service
+  (started by jax.distributed.initialize) catches the signal on any host and picks a step at
+  which all hosts stop together.
+  """
+
+  def __init__(self):
+    self._signalled = False
+
+  @contextlib.contextmanager
+  def installed(self) -> Iterator[_Preemption]:
+    if jax.process_count() > 1:
+      yield self
+      return
+    previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    try:
+      yield self
+    finally:
+      signal.signal(signal.SIGTERM, previous)
+
+  def _on_sigterm(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning("SIGTERM received: saving a checkpoint and stopping.")
+    self._signalled = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
+
+
+class Preempted(Exception):
+  """Training stopped early on SIGTERM after writing a checkpoint; rerun to resume."""
+
+
+def _log_model_overview(state: TrainState, model, image_size: int, workdir: str) -> None:
+  """The parameter table goes to WORKDIR/parameters.txt, a one-line summary to the log."""
+  table = parameter_overview.get_parameter_overview(state.params, include_stats=False)
+  path = os.path.join(workdir, "parameters.txt")
+  with files.atomic_output(path) as tmp, open(tmp, "w") as f:
+    f.write(table + "\n")
+  count = sum(x.size for x in jax.tree.leaves(state.params))
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  cost = jax.jit(functools.partial(model.apply, train=False)).lower(
+      state.variables, images).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = (f", {cost['flops'] / 1e9:.3g} GFLOPs per {image_size}px image (XLA count)"
+           if cost and "flops" in cost else "")
+  logging.info("Model: %s parameters in %d arrays%s; table in %s.", f"{count:,}",
+               len(jax.tree.leaves(state.params)), flops, path)
+
+
+def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  flat = config_lib.flatten(config)
+  return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
+
+
+def _enable_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if config.compilation_cache and not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compilation_cache"))
+
+
+def _initial_state(config, model, tx, image_size: int, sharding) -> TrainState:
+  """A fresh state, with the weights of config.init_from where they fit (fine-tuning)."""
+  state = train_state_lib.create_train_state(model, tx, image_size, config.seed, sharding)
+  if not config.init_from:
+    return state
+  matched = weights.match_variables(config.init_from, model, config.init_from_checkpoint,
+                                    config.init_from_exclude or None)
+  flat = weights.flatten(jax.device_get(state.variables))
+  flat.update(matched.variables)
+  variables = jax.device_put(weights.unflatten(flat), sharding)
+  logging.info("Initialised %d of %d variables from %s.", len(matched.variables), len(flat),
+               config.init_from)
+  for name in matched.reinitialised:
+    logging.warning("Re-initialised (not taken from %s): %s", config.init_from, name)
+  if matched.unused:
+    logging.warning("Unused in %s (%d): %s", config.init_from, len(matched.unused),
+                    ", ".join(matched.unused[:8]) + (" ..." if len(matched.unused) > 8 else ""))
+  return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (resuming from `workdir` if it holds checkpoints), evaluates, checkpoints.
+
+  Writes TensorBoard events and checkpoints to `workdir` and, at the end, results.json with
+  the final and best validation numbers. Returns the final train state; raises Preempted
+  when stopped by SIGTERM (after writing a checkpoint).
+  """
+  from rap_flax import data  # pylint: disable=g-import-not-at-top
+
+  config_lib.validate_config(config)
+  workdir = os.path.abspath(files.expand(workdir))
+  mesh = parallel.create_mesh()
+  local_batch_size = parallel.per_host_batch_size(config.batch_size)
+  parallel.per_host_batch_size(config.eval_batch_size, "eval_batch_size")
+
+  info = data.get_dataset_info(config.data)
+  model = models.from_config(config)
+  model_spec = model.model_spec
+  if model_spec.num_classes != info.num_classes:
+    raise ValueError(f"config.model.num_classes={model_spec.num_classes}, but {info.name!r} "
+                     f"has {info.num_classes} classes; unset it (None: the dataset's).")
+  steps_per_epoch = info.num_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size={config.batch_size} exceeds the {info.num_train} training "
+                     f"examples of {info.name!r}; lower --config.batch_size.")
+  num_train_steps = (config.num_train_steps if config.num_train_steps > 0
+                     else math.ceil(config.num_epochs * steps_per_epoch))
+  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch, num_train_steps)
+  tx = optim.create_optimizer(config, learning_rate_fn)
+  replicated = parallel.replicated_sharding(mesh)
+  results_path = os.path.join(workdir, "results.json")
+  _enable_compilation_cache(config, workdir)
+
+  with checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints) as checkpoints:
+    if checkpoints.steps():
+      target = train_state_lib.abstract_train_state(model, tx, info.image_size, replicated)
+      state, best_val_top1 = checkpoints.restore(target, model_spec)
+    else:
+      state, best_val_top1 = _initial_state(config, model, tx, info.image_size,
+                                            replicated), None
+    start_step = int(jax.device_get(state.step))
+    if start_step >= num_train_steps and os.path.exists(results_path):
+      logging.info("%s is already complete at step %d (results in %s); nothing to do.",
+                   workdir, start_step, results_path)
+      return state
+
+    writer = metrics.create_writer(workdir)
+    if start_step == 0:
+      writer.write_hparams(_hparams(config))
+    logging.info("%s + %s on %s: %d classes, %d train / %d eval images at %dpx; %d "
+                 "steps/epoch, %d steps in all, starting at %d; %d device(s) on %d host(s).",
+                 model_spec.arch, model_spec.attention, info.name, info.num_classes,
+                 info.num_train, info.num_eval, info.image_size, steps_per_epoch,
+                 num_train_steps, start_step, jax.device_count(), jax.process_count())
+    if jax.process_index() == 0:
+      _log_model_overview(state, model, info.image_size, workdir)
+
+    loop = _Loop(config, mesh, model, learning_rate_fn, checkpoints, writer, steps_per_epoch,
+                 num_train_steps, best_val_top1)
+    train_iter = data.create_train_iterator(config.data, batch_size=local_batch_size,
+                                            start_step=start_step, seed=config.seed)
+    try:
+      state, final_eval = loop.run(state, train_iter)
+    finally:
+      writer.flush()
+    if final_eval is None:  # the last step was reached before this run: evaluate it
+      final_eval = loop.evaluate(state, start_step)
+    checkpoints.wait_until_finished()
+    evaluate.write_json(results_path, {
+        "step": num_train_steps, "final": final_eval, "best_val_top1": loop.best_val_top1,
+        "best_step": checkpoints.best_step()})
+  return state
+
+
+class _Loop:
+  """The step loop: train, log, evaluate, checkpoint, and stop on divergence or preemption."""
+
+  def __init__(self, config, mesh, model, learning_rate_fn, checkpoints, writer,
+               steps_per_epoch, num_train_steps, best_val_top1):
+    self.config, self.mesh = config, mesh
+    self.model_spec = model.model_spec
+    self.learning_rate_fn = learning_rate_fn
+    self.checkpoints, self.writer = checkpoints, writer
+    self.steps_per_epoch, self.num_train_steps = steps_per_epoch, num_train_steps
+    self.best_val_top1 = best_val_top1
+    self.train_step = make_train_step(model, config.label_smoothing, mesh)
+    self.eval_step = evaluate.make_eval_step(model, mesh)
+    self.batch_sharding = parallel.data_sharding(mesh)
+    self._unchecked: tuple[int, metrics.Metrics] | None = None  # Loss not yet checked.
+
+  def run(self, state: TrainState, train_iter) -> tuple[TrainState, dict[str, Any] | None]:
+    """Trains to the last step; returns the state and the last evaluation (None if there
+    was nothing left to do). Raises Preempted after checkpointing on SIGTERM."""
+    config = self.config
+    start_step = int(jax.device_get(state.step))
+    eval_every_steps = config.eval_every_epochs * self.steps_per_epoch
+    progress = metrics.Progress(self.num_train_steps, config.batch_size, start_step)
+    preemption = _Preemption()
+    window: metrics.Metrics | None = None
+    final_eval = None
+    with preemption.installed():
+      for step in range(start_step, self.num_train_steps):
+        batch = parallel.make_global_batch(next(train_iter), self.batch_sharding)
+        state, step_metrics = self.train_step(state, batch)
+        done = step + 1
+        if step == start_step:  # compile + first step: kept out of the rates and the ETA
+          jax.block_until_ready(step_metrics)
+          progress.restart(done)
+        # Check the previous step's loss: waits for that step only, this one keeps running.
+        self._check_loss()
+        self._unchecked = (done, step_metrics)
+        window = step_metrics if window is None else window.merge(step_metrics)
+
+        if done % config.log_every_steps == 0 or done == self.num_train_steps:
+          self._check_loss()
+          scalars = {f"train_{k}": v for k, v in metrics.to_floats(window).items()}
+          scalars["learning_rate"] = float(self.learning_rate_fn(done - 1))
+          self.writer.write_scalars(done, {**scalars, **progress(done)})
+          window = None
+
+        if done % eval_every_steps == 0 or done == self.num_train_steps:
+          progress.pause()
+          final_eval = self.evaluate(state, done)
+          self._save(state, val_top1=final_eval["top1"])
+          progress.resume()
+        elif done % config.checkpoint_every_steps == 0:
+          self._save(state)
+
+        if preemption.reached(done):
+          self._save(state)
+          self.checkpoints.wait_until_finished()
+          raise Preempted(f"Stopped at step {done} of {self.num_train_steps} for preemption "
+                          "(SIGTERM); checkpoint saved. Run the same command to resume.")
+    return state, final_eval
+
+  def evaluate(self, state: TrainState, step: int) -> dict[str, Any]:
+    result = evaluate.evaluate(self.eval_step, state.variables, self.config, self.mesh)
+    if self.best_val_top1 is None or result["top1"] > self.best_val_top1:
+      self.best_val_top1 = result["top1"]
+    self.writer.write_scalars(step, {f"val_{k}": v for k, v in result.items()}
+                              | {"val_best_top1": self.best_val_top1})
+    logging.info("Step %d (epoch %.2f): val top-1 %.2f%%, top-5 %.2f%%, loss %.4f "
+                 "(best top-1 %.2f%%).", step, step / self.steps_per_epoch,
+                 100 * result["top1"], 100 * result["top5"], result["loss"],
+                 100 * self.best_val_top1)
+    return result
+
+  def _check_loss(self) -> None:
+    if self._unchecked is not None:
+      step, step_metrics = self._unchecked
+      loss = float(step_metrics.loss.compute())
+      if not math.isfinite(loss):
+        raise _divergence_error(step, f"the loss is {loss}", self.checkpoints.latest_step())
+      self._unchecked = None
+
+  def _save(self, state: TrainState, val_top1: float | None = None) -> None:
+    """Saves `state` after making sure that it is a good one (finite loss and variables)."""
+    self._check_loss()
+    if not bool(_all_finite(state.variables)):
+      raise _divergence_error(int(jax.device_get(state.step)),
+                              "the parameters became non-finite",
+                              self.checkpoints.latest_step())
+    self.checkpoints.save(state, model_spec=self.model_spec, best_val_top1=self.best_val_top1,
+                          val_top1=val_top1)
