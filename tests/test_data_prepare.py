@@ -135,3 +135,17 @@ def test_imagenet_and_rein_subset_prepare_end_to_end(tmp_path):
   batch = next(data.create_train_iterator(config, 4, **ONE_HOST))
   assert sorted(batch["label"].tolist()) == sorted(wnids.index(w) for w in REIN30_TRAIN_CLASSES
                                                    for _ in range(2))
+
+
+def test_an_undecodable_image_that_reaches_training_is_named(tmp_path, monkeypatch):
+  synsets = make_dogs_source(tmp_path / "source", "upstream")
+  bad = tmp_path / "source" / "Images" / synsets[5] / f"{synsets[5].split('-')[0]}_0.jpg"
+  bad.write_bytes(bad.read_bytes()[:100])
+  from rap_flax.data import builders  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(builders, "undecodable_images", lambda *args, **kwargs: [])
+  prepare.prepare("stanford_dogs", str(tmp_path / "source"), str(tmp_path / "tfds"))
+  config = data.default_config()
+  config.update(dict(dataset="stanford_dogs", data_dir=str(tmp_path / "tfds"), image_size=16))
+  with pytest.raises(ValueError, match=rf"Image '.*{bad.name}' of stanford_dogs cannot be "
+                     r"decoded \(jpeg::Uncompress failed.*\). Prepare the dataset again"):
+    next(data.create_train_iterator(config, 120, **ONE_HOST))

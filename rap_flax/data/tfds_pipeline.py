@@ -8,6 +8,7 @@ epochs ran in this process; that is what makes resuming exact.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator
 
 import numpy as np
@@ -18,6 +19,7 @@ from rap_flax import files
 from rap_flax.data import base, catalog, transforms
 
 _SKIP_IMAGE_DECODING = {"image": tfds.decode.SkipDecoding()}
+_FILE_NAME_FEATURES = ("image/filename", "file_name", "id")
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -115,11 +117,36 @@ class TfdsSource:
       epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
       mask = np.ones(batch_size, bool)
       while True:
-        for batch in epoch_pipeline(epoch, step_in_epoch).as_numpy_iterator():
-          yield {**batch, "mask": mask}
+        with self._naming_undecodable(split):
+          for batch in epoch_pipeline(epoch, step_in_epoch).as_numpy_iterator():
+            yield {**batch, "mask": mask}
         epoch, step_in_epoch = epoch + 1, 0
 
     return batches()
+
+  @contextlib.contextmanager
+  def _naming_undecodable(self, split):
+    """tf.data's decode error does not say which image; find it and say so."""
+    try:
+      yield
+    except tf.errors.InvalidArgumentError as error:
+      name = self._first_undecodable(split)
+      if name is None:
+        raise
+      cause = error.message.splitlines()[0].rsplit(": ", 1)[-1]
+      raise ValueError(
+          f"Image {name!r} of {self.spec.name} cannot be decoded ({cause}). Prepare the "
+          f"dataset again (it leaves such images out): {self.spec.prepare_command}") from error
+
+  def _first_undecodable(self, split) -> str | None:
+    examples = self.builder.as_dataset(split=split, decoders=_SKIP_IMAGE_DECODING)
+    for example in examples.as_numpy_iterator():
+      try:
+        transforms.decode_rgb(tf.constant(example["image"]))
+      except tf.errors.InvalidArgumentError:
+        names = [example[k] for k in _FILE_NAME_FEATURES if k in example]
+        return names[0].decode() if names else "(unnamed example)"
+    return None
 
   def eval_iterator(self, batch_size: int, shard: base.HostShard) -> Iterator[base.Batch]:
     total = self.info.num_eval
