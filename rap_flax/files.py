@@ -28,6 +28,9 @@ def atomic_output(path: str, overwrite: bool = True) -> Iterator[str]:
   handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
                                  dir=directory)
   os.close(handle)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the output private
   try:
     yield tmp
     os.replace(tmp, path)

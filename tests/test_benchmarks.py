@@ -70,3 +70,21 @@ def test_train_step_reports_alternating_rounds_spread_and_load(tmp_path):
   assert len(case["flax"]["compile_overhead_s"]["rounds"]) == 2
   ratio = case["flax_over_torch"]
   assert ratio["min"] <= ratio["median"] <= ratio["max"]
+
+
+def test_gpu_suite_smoke_runs_everything_at_tiny_sizes(tmp_path):
+  """benchmarks/gpu_suite.py --smoke: the whole GPU suite on the CPU, so it cannot rot."""
+  result = run_benchmark("gpu_suite.py", "--smoke", f"--output_dir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  train_step = json.loads((tmp_path / "gpu_train_step.json").read_text())
+  for key in ("device", "flax_images_per_second", "torch_eager_images_per_second",
+              "torch_compile_images_per_second", "hbm_bandwidth_fraction", "bf16_peak_fraction"):
+    assert key in train_step, key
+  assert [case["case"] for case in train_step["cases"]] == ["v3_large_srap", "v1_mafc", "v2_srap"]
+  assert train_step["cases"][0]["flax"]["flops"] > 0
+  assert train_step["cases"][0]["flax"]["bytes_accessed"] > 0
+  depthwise = json.loads((tmp_path / "gpu_depthwise.json").read_text())
+  implementations = {(row["implementation"], row["dtype"]) for row in depthwise["rows"]}
+  assert implementations == {(name, dtype) for name in ("grouped", "shifted", "shifted_vjp",
+                                                        "torch")
+                             for dtype in ("bfloat16", "float32")}

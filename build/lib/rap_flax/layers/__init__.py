@@ -1,1 +1,0 @@
-"""Building blocks: activations, normalisation, convolutions and attention gates."""
