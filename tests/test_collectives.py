@@ -16,6 +16,7 @@ import sys
 SCRIPT = """
 import collections, json, re
 import jax, numpy as np
+from rap_flax import models
 from rap_flax.training import config_lib, optim, parallel, train_lib, train_state
 
 config = config_lib.base_config()
@@ -24,7 +25,8 @@ config.model.width_multiplier = 0.25
 config.model.depthwise_implementation = "grouped"  # the fastest to compile
 mesh = parallel.create_mesh()
 assert mesh.size == 8, mesh
-model = train_state.create_model(config, 10)
+config.model.num_classes = 10
+model = models.from_config(config)
 tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 10, 100))
 state = train_state.abstract_train_state(model, tx, 64, parallel.replicated_sharding(mesh))
 sharding = parallel.data_sharding(mesh)
