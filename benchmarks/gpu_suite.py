@@ -57,12 +57,18 @@ def parse_args(argv=None):
   parser.add_argument("--batch_size", type=int, default=None)
   parser.add_argument("--steps", type=int, default=None, help="timed steps per side")
   parser.add_argument("--output_dir", default=harness.RESULTS_DIR)
+  parser.add_argument("--depthwise_implementation", default=None,
+                      help="of the Flax train step: auto (the measured default per backend; "
+                      "grouped with --smoke, the fastest to compile) or one of "
+                      "grouped|shifted|shifted_vjp")
   parser.add_argument("--allow_loaded", action="store_true")
   parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   args.batch_size = args.batch_size or (2 if args.smoke else 256)
   args.steps = args.steps or (2 if args.smoke else 20)
   args.image_size = 64 if args.smoke else 224
+  args.depthwise_implementation = args.depthwise_implementation or (
+      "grouped" if args.smoke else "auto")
   args.width = 0.25 if args.smoke else 1.0
   return args
 
@@ -100,7 +106,7 @@ def flax_step_worker(args, arch: str, attention: str, pool_types) -> dict:
   config = config_lib.base_config()
   model = models.create_model(
       spec.ModelSpec(arch, 1000, attention, pool_types, width_multiplier=args.width),
-      dtype="bfloat16")
+      dtype="bfloat16", depthwise_implementation=args.depthwise_implementation)
   tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, 10_000))
   mesh = parallel.create_mesh()
   state = train_state.create_train_state(model, tx, args.image_size, 0,
@@ -130,7 +136,7 @@ def flax_step_worker(args, arch: str, attention: str, pool_types) -> dict:
             "compile_s": compile_s, "images_per_second": batch_size / step_s,
             "peak_memory_bytes": memory.get("peak_bytes_in_use"),
             "flops": cost.get("flops"), "bytes_accessed": cost.get("bytes accessed"),
-            "depthwise_implementation": "auto", "jax": jax.__version__}
+            "depthwise_implementation": args.depthwise_implementation, "jax": jax.__version__}
   peak_flops, bandwidth = _peaks(device.device_kind)
   if peak_flops and result["flops"]:
     result["bf16_peak_fraction"] = result["flops"] / step_s / peak_flops
