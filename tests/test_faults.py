@@ -172,3 +172,23 @@ def test_tilde_in_workdir_is_expanded(tmp_path, jax_cache):
   assert result.returncode == 0, result.stderr[-3000:]
   assert json.loads((home / "run" / "results.json").read_text())["step"] == 1
   assert not (tmp_path / "~").exists()
+
+
+def test_start_up_is_quiet_and_writes_the_parameter_table(tmp_path, jax_cache):
+  """Config as `key = value` differences, one model line (the table goes to the workdir), no
+  backend probing or oneDNN notices, and the ETA only after the first (compiling) step."""
+  env = subprocess_env(jax_cache)
+  del env["JAX_PLATFORMS"]  # let jax probe its backends, as on a user's machine
+  workdir = tmp_path / "quiet"
+  result = subprocess.run(train_command(workdir, "--config.num_train_steps=5"), cwd=REPO,
+                          capture_output=True, text=True, env=env, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  log = result.stderr
+  for noise in ("libtpu", "backend 'tpu'", "oneDNN", "!!python", "| Name"):
+    assert noise not in log, noise
+  assert "Config (differences from the defaults):\n  batch_size = 32\n" in log
+  assert len([line for line in log.splitlines() if "parameters in" in line]) == 1
+  assert "backbone/data_bn/scale" in (workdir / "parameters.txt").read_text()
+  etas = [line for line in log.splitlines() if "ETA" in line]
+  assert etas and all("Step 1/" not in line for line in etas)
+  assert len(log.splitlines()) < 40, log

@@ -112,6 +112,9 @@ class Progress:
 
 class _DropLibraryInfo(std_logging.Filter):
   def filter(self, record: std_logging.LogRecord) -> bool:
+    if "/jax/_src/" in record.pathname:
+      # e.g. "Unable to initialize backend 'tpu'" on every machine without a TPU.
+      return record.levelno >= std_logging.WARNING
     if "/orbax/" not in record.pathname:
       return True
     # Periodic checkpoints deliberately carry no validation metric (only those written after
@@ -121,5 +124,6 @@ class _DropLibraryInfo(std_logging.Filter):
 
 
 def quiet_library_logs() -> None:
-  """Keeps orbax's warnings but drops its INFO lines (dozens per checkpoint save)."""
+  """Keeps jax's and orbax's warnings but drops their INFO lines (backend probing; dozens of
+  lines per checkpoint save)."""
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
