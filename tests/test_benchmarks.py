@@ -57,7 +57,8 @@ class TestOnALoadedMachine:  # the busy children live as long as this class's te
 def test_train_step_reports_alternating_rounds_spread_and_load(tmp_path):
   output = tmp_path / "train_step.json"
   result = run_benchmark(
-      "train_step.py", "--arch=mobilenetv1", "--image_size=64", "--batch_size=4", "--steps=2",
+      "train_step.py", "--arch=mobilenetv1", "--attention=none", "--image_size=32",
+      "--batch_size=4", "--steps=2",
       "--rounds=2", "--depthwise_implementation=grouped", "--allow_loaded",
       f"--output={output}")
   assert result.returncode == 0, result.stderr[-3000:]
