@@ -29,10 +29,18 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, image_size: int
   return init
 
 
+# The initialisation runs once, so on CPU it is compiled without LLVM's optimisations, for
+# under half the compile time (MobileNetV3-large: 20-23 s -> 7-10 s on 2 cores). The values
+# stay deterministic; normal-distributed leaves may differ by 1 ulp from an optimised build.
+_CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_size: int,
                        seed: int, sharding: NamedSharding) -> TrainState:
   """Initialises the state directly with `sharding` (replicated: every device gets a copy)."""
-  return jax.jit(_init_fn(model, tx, image_size, seed), out_shardings=sharding)()
+  lowered = jax.jit(_init_fn(model, tx, image_size, seed), out_shardings=sharding).lower()
+  on_cpu = all(device.platform == "cpu" for device in sharding.mesh.devices.flat)
+  return lowered.compile(_CPU_INIT_COMPILER_OPTIONS if on_cpu else None)()
 
 
 def abstract_variables(model: nn.Module, image_size: int,
