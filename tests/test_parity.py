@@ -53,7 +53,7 @@ def _randomise(module: torch.nn.Module, seed: int) -> None:
         tensor.copy_(torch.randn(tensor.shape, generator=generator) * (1.5 / fan_in) ** 0.5)
 
 
-@hypothesis.settings(max_examples=12, deadline=None, derandomize=True,
+@hypothesis.settings(max_examples=8, deadline=None, derandomize=True,
                      suppress_health_check=list(hypothesis.HealthCheck),
                      phases=(hypothesis.Phase.explicit, hypothesis.Phase.generate))
 @hypothesis.given(config=configurations(), seed=st.integers(0, 2**16))
