@@ -98,19 +98,20 @@ def run(main: Callable[[list[str]], int | None]) -> None:
   except train_lib.Preempted as error:
     print(f"{error} (exit code {EXIT_PREEMPTED})", file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)
-  except FloatingPointError as error:
-    if verbose:
-      raise
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(EXIT_DIVERGED)
-  except (AttributeError, KeyError, TypeError, OSError) as error:
-    if verbose or in_main and not isinstance(error, _USER_ERRORS):
-      raise  # a bug, not a flag mistake: keep the traceback
-    message = _config_error(error) if not in_main else _message(error)
+  except Exception as error:  # pylint: disable=broad-except
+    code, message = _reported(error, in_main)
+    if verbose or code is None:
+      raise  # asked for, or a bug rather than a user mistake: keep the traceback
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
-  except _USER_ERRORS as error:
-    if verbose:
-      raise
-    print(f"error: {_message(error)}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+    sys.exit(code)
+
+
+def _reported(error: Exception, in_main: bool) -> tuple[int | None, str | None]:
+  """(exit code, one-line message) for an error the user can fix; (None, None) for a bug."""
+  if isinstance(error, FloatingPointError):
+    return EXIT_DIVERGED, str(error)
+  if not in_main and isinstance(error, (AttributeError, KeyError, TypeError, OSError)):
+    return EXIT_USAGE, _config_error(error)  # raised while parsing flags and the config
+  if isinstance(error, _USER_ERRORS):
+    return EXIT_USAGE, _message(error)
+  return None, None
