@@ -13,6 +13,7 @@ docs/upstream.md.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, Mapping, Sequence
 
 POOL_TYPES = ("avg", "max", "std")
@@ -20,33 +21,69 @@ POOL_TYPES = ("avg", "max", "std")
 
 @dataclasses.dataclass(frozen=True)
 class Gate:
-  """An attention gate: where it sits and the upstream (PyTorch) names of its weights."""
+  """An attention gate: where it sits, the upstream (PyTorch) names of its weights, and the
+  module that implements it in each framework.
+
+  `flax_module` and `torch_module` are "package.module:Class" paths, imported only when a
+  model with this gate is built, so this file stays framework-free. The Flax class is built
+  as `Class(model_spec=..., name=...)` and called as `gate(x, train)` on NHWC tensors; the
+  PyTorch class as `Class(model_spec, channels)` and called on NCHW tensors. Both hold
+  their weights at the paths `children` maps (Flax child -> upstream sub-module path).
+  """
   name: str
   upstream_name: str | None  # module name of the gate inside a unit (None: no gate)
   after_projection: bool = False  # on a unit's output (MAFC), else after the depthwise conv
   uses_pool_types: bool = False
   uses_rates: bool = False
-  # Flax child module -> upstream sub-module path inside the gate.
   children: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  flax_module: str | None = None
+  torch_module: str | None = None
 
 
+def import_object(path: str) -> Any:
+  """The object a "package.module:Name" path names (a gate's framework module)."""
+  module_name, _, attribute = path.partition(":")
+  return getattr(importlib.import_module(module_name), attribute)
+
+
+GATES: dict[str, Gate] = {}
+
+
+def register_gate(gate: Gate) -> Gate:
+  """Makes `gate` available as ModelSpec(attention=gate.name) in both frameworks."""
+  if gate.name in GATES and GATES[gate.name] != gate:
+    raise ValueError(f"A different gate is already registered as {gate.name!r}.")
+  if (gate.upstream_name is None) != (gate.flax_module is None) or (
+      (gate.flax_module is None) != (gate.torch_module is None)):
+    raise ValueError(f"Gate {gate.name!r}: give upstream_name, flax_module and torch_module "
+                     "together (or none of them, for no gate).")
+  GATES[gate.name] = gate
+  return gate
+
+
+_FLAX = "rap_flax.layers.attention:"
+_TORCH = "rap_flax.pytorch.gates:"
 _CHANNEL_MLP = {"mlp_hidden": "ChannelGate.mlp.1", "mlp_out": "ChannelGate.mlp.3"}
 _SPATIAL_GATE = {"spatial_conv": "SpatialGate.spatial.conv", "spatial_bn": "SpatialGate.spatial.bn"}
 _RAP = Gate("srap", "TOPIMAP", uses_pool_types=True, uses_rates=True,
             children={**_CHANNEL_MLP, "spatial_conv": "ChannelGate.spatialConv.conv",
-                      "spatial_bn": "ChannelGate.spatialConv.bn"})
-
-GATES: dict[str, Gate] = {gate.name: gate for gate in (
+                      "spatial_bn": "ChannelGate.spatialConv.bn"},
+            flax_module=_FLAX + "ResidualAttentivePatterns", torch_module=_TORCH + "RAPGate")
+for _gate in (
     Gate("none", None),
     _RAP,
     # MRAP is the same module upstream; its own name lets configs say what the paper says.
     dataclasses.replace(_RAP, name="mrap"),
     Gate("mafc", "cbamm", after_projection=True, uses_pool_types=True,
-         children={**_CHANNEL_MLP, **_SPATIAL_GATE}),
-    Gate("se", "se", children={"reduce": "conv1", "expand": "conv2"}),
-    Gate("cbam", "cbam", children={**_CHANNEL_MLP, **_SPATIAL_GATE}),
-)}
-ATTENTIONS = tuple(GATES)
+         children={**_CHANNEL_MLP, **_SPATIAL_GATE}, flax_module=_FLAX + "MAFC",
+         torch_module=_TORCH + "MAFCGate"),
+    Gate("se", "se", children={"reduce": "conv1", "expand": "conv2"},
+         flax_module=_FLAX + "SqueezeExcite", torch_module=_TORCH + "SEGate"),
+    Gate("cbam", "cbam", children={**_CHANNEL_MLP, **_SPATIAL_GATE}, flax_module=_FLAX + "CBAM",
+         torch_module=_TORCH + "CBAMGate"),
+):
+  register_gate(_gate)
+ATTENTIONS = tuple(GATES)  # the built-in gates; GATES also holds those registered later
 # The gate BatchNorms use PyTorch momentum 0.01 upstream, the backbone ones 0.1.
 BN_MOMENTUM = 0.1
 GATE_BN_MOMENTUM = 0.01
@@ -192,7 +229,7 @@ class ModelSpec:
     if self.arch not in ARCHS:
       raise ValueError(f"Unknown arch {self.arch!r}; choose one of {sorted(ARCHS)}.")
     if self.attention not in GATES:
-      raise ValueError(f"Unknown attention {self.attention!r}; choose one of {ATTENTIONS}.")
+      raise ValueError(f"Unknown attention {self.attention!r}; choose one of {tuple(GATES)}.")
     if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or (
         self.num_classes < 1):
       raise ValueError(f"num_classes must be a positive int, got {self.num_classes!r}.")

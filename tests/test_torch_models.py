@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from rap_flax import spec  # noqa: E402
+from rap_flax.pytorch import gates as torch_gates  # noqa: E402
 from rap_flax.pytorch import models as torch_models  # noqa: E402
 from tests import golden  # noqa: E402
 
@@ -162,7 +163,7 @@ def test_top_n_patterns_interleave_then_append_leftovers():
   c = torch.tensor([[0.1, 0.4, 0.3, 0.2]])
 
   def top(descriptors, sizes):
-    return torch_models.top_n_vector(descriptors, sizes)[0].tolist()
+    return torch_gates.top_n_vector(descriptors, sizes)[0].tolist()
 
   assert top([a, b], (1, 3)) == [5, 9, 8, 7]
   assert top([a, b], (3, 1)) == [5, 9, 3, 2]

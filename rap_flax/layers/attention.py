@@ -127,17 +127,17 @@ def _channel_then_spatial(module: nn.Module, x: jax.Array, channel_weight: jax.A
 
 class ResidualAttentivePatterns(nn.Module):
   """The SRAP / MRAP gate (one module upstream under two names), docs/upstream.md §1."""
-  pool_types: tuple[str, ...] = ("avg", "std")
-  rates: tuple[float, ...] = (0.5, 0.5)
+  model_spec: spec_lib.ModelSpec
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    _check_spatial_size(x, self.pool_types, "srap/mrap")
+    pool_types = self.model_spec.pool_types
+    _check_spatial_size(x, pool_types, "srap/mrap")
     channels = x.shape[-1]
     x32 = x.astype(jnp.float32)
-    channel = channel_descriptors(x32, self.pool_types)
-    spatial = spatial_descriptors(x32, self.pool_types)
-    ranked = interleave_top_n(channel, spec_lib.top_n_counts(channels, self.rates))
+    channel = channel_descriptors(x32, pool_types)
+    spatial = spatial_descriptors(x32, pool_types)
+    ranked = interleave_top_n(channel, spec_lib.top_n_counts(channels, self.model_spec.rates))
     channel_weight = nn.relu(channel_mlp(ranked, spec_lib.hidden_width(channels), channels)
                              + nn.sigmoid(_product(channel)))
     spatial_weight = (spatial_conv_bn(spatial, train)
@@ -153,20 +153,22 @@ class MAFC(nn.Module):
   Upstream hard-codes a 2-input spatial conv; here it takes one map per pool type,
   which is the same for the published two-type setting.
   """
-  pool_types: tuple[str, ...] = ("avg", "std")
+  model_spec: spec_lib.ModelSpec
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    _check_spatial_size(x, self.pool_types, "mafc")
+    pool_types = self.model_spec.pool_types
+    _check_spatial_size(x, pool_types, "mafc")
     channels = x.shape[-1]
     x32 = x.astype(jnp.float32)
-    accumulated = jnp.concatenate(channel_descriptors(x32, self.pool_types), axis=-1)
+    accumulated = jnp.concatenate(channel_descriptors(x32, pool_types), axis=-1)
     channel_weight = nn.sigmoid(channel_mlp(accumulated, spec_lib.hidden_width(channels), channels))
-    return _channel_then_spatial(self, x, channel_weight, self.pool_types, train)
+    return _channel_then_spatial(self, x, channel_weight, pool_types, train)
 
 
 class CBAM(nn.Module):
   """CBAM (Woo et al., 2018): shared MLP on avg and max pools, then a 7x7 spatial gate."""
+  model_spec: spec_lib.ModelSpec  # CBAM has no options
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -181,6 +183,7 @@ class CBAM(nn.Module):
 
 class SqueezeExcite(nn.Module):
   """MobileNetV3 squeeze-and-excitation with a hard-sigmoid gate."""
+  model_spec: spec_lib.ModelSpec  # SE has no options
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -197,13 +200,5 @@ class SqueezeExcite(nn.Module):
 
 def build_gate(model_spec: spec_lib.ModelSpec, name: str) -> nn.Module | None:
   """A fresh gate module of `model_spec`'s attention named `name` (None for "none")."""
-  attention = model_spec.attention
-  if attention in ("srap", "mrap"):
-    return ResidualAttentivePatterns(model_spec.pool_types, model_spec.rates, name=name)
-  if attention == "mafc":
-    return MAFC(model_spec.pool_types, name=name)
-  if attention == "cbam":
-    return CBAM(name=name)
-  if attention == "se":
-    return SqueezeExcite(name=name)
-  return None
+  path = model_spec.gate.flax_module
+  return None if path is None else spec_lib.import_object(path)(model_spec=model_spec, name=name)

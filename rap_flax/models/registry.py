@@ -20,7 +20,7 @@ def list_models() -> list[str]:
 
 def list_attentions() -> list[str]:
   """Attention names accepted by `create_model`."""
-  return list(spec_lib.ATTENTIONS)
+  return list(spec_lib.GATES)
 
 
 def create_model(arch: str | spec_lib.ModelSpec, num_classes: int | None = None,
