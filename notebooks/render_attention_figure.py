@@ -103,7 +103,7 @@ def render(config, workdir: str, output: str, num_images: int, dpi: int) -> None
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     logging.info("No checkpoints in %s: training %s first.", workdir, config.model.arch)
     train_lib.train_and_evaluate(config, workdir)
-  model = models.from_config(config)
+  model = models.from_config(config, data.num_classes(config.data))
   variables = weights.load_variables(workdir, model, checkpoint="best")
   images, labels = one_per_class(config, num_images)
   maps = models.attention_maps(model, variables, images)

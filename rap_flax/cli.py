@@ -15,7 +15,7 @@ from typing import Callable
 
 from absl import app, flags
 
-from rap_flax import files
+from rap_flax import errors, files
 
 EXIT_DIVERGED = 1
 EXIT_USAGE = 2
@@ -81,8 +81,6 @@ def _message(error: BaseException) -> str:
 
 def run(main: Callable[[list[str]], int | None]) -> None:
   """app.run(main) with clean errors and documented exit codes (see the module docstring)."""
-  from rap_flax.training import config_lib, train_lib  # pylint: disable=g-import-not-at-top
-
   verbose = "--verbose" in sys.argv or os.environ.get("RAP_FLAX_VERBOSE", "") not in ("", "0")
   sys.argv = [sys.argv[0]] + _expand_paths(sys.argv[1:])
   in_main = False
@@ -93,9 +91,8 @@ def run(main: Callable[[list[str]], int | None]) -> None:
     return main(argv)
 
   try:
-    config_lib.check_moved_fields(sys.argv[1:])
     app.run(guarded)
-  except train_lib.Preempted as error:
+  except errors.Preempted as error:
     print(f"{error} (exit code {EXIT_PREEMPTED})", file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)
   except Exception as error:  # pylint: disable=broad-except

@@ -20,7 +20,7 @@ import os
 import jax
 from absl import flags
 
-from rap_flax import cli, files, models, weights
+from rap_flax import cli, data, files, models, weights
 
 DIRECTIONS = ("to-flax", "to-torch", "to-onnx")
 FLAGS = flags.FLAGS
@@ -45,10 +45,11 @@ def convert(direction: str, source: str, output: str, config=None, checkpoint: s
   source, output = files.expand(source), files.expand(output)
   if direction != "to-flax" and os.path.exists(output) and not overwrite:
     raise FileExistsError(f"{output} exists; pass --overwrite to replace it.")
-  model = models.spec_from_config(config) if config is not None else None
+  model = (None if config is None
+           else models.spec_from_config(config, data.num_classes(config.data)))
   opened = weights.open_source(source, model, checkpoint)
-  model_spec = model or opened.model_spec
-  variables = weights.exact_variables(opened, model_spec)
+  model_spec = opened.model_spec
+  variables = weights.exact_variables(opened)
   if direction == "to-flax":
     weights.save_flax_directory(variables, model_spec, output)
   elif direction == "to-torch":

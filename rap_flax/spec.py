@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence, Union
 
 POOL_TYPES = ("avg", "max", "std")
 
@@ -302,6 +302,25 @@ class ModelSpec:
         final_channels=final_channels, final_activation=arch.final_activation,
         final_gate=arch.final_gate and self.attention != "none", head_channels=head,
         features=head or in_channels)
+
+
+class HasModelSpec(Protocol):
+  """A model of either framework: it knows the ModelSpec it was built from."""
+  model_spec: ModelSpec
+
+
+ModelLike = Union[ModelSpec, HasModelSpec]
+
+
+def model_spec_of(model: ModelLike) -> ModelSpec:
+  """The ModelSpec itself, or the one a (Flax or PyTorch) model was built from."""
+  if isinstance(model, ModelSpec):
+    return model
+  model_spec = getattr(model, "model_spec", None)
+  if not isinstance(model_spec, ModelSpec):
+    raise TypeError(f"Expected a ModelSpec or a model built from one, got "
+                    f"{type(model).__name__}.")
+  return model_spec
 
 
 def _validate_pool_types(pool_types: tuple[str, ...]) -> None:

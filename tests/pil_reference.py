@@ -13,11 +13,11 @@ import math
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from rap_flax.data import base
-from rap_flax.data.base import BRIGHTNESS, RRC_ATTEMPTS, RRC_RATIO, RRC_SCALE
+from rap_flax.data import transform_constants
+from rap_flax.data.transform_constants import BRIGHTNESS, RRC_ATTEMPTS, RRC_RATIO, RRC_SCALE
 
-IMAGENET_MEAN = np.array(base.IMAGENET_MEAN, np.float32)
-IMAGENET_STD = np.array(base.IMAGENET_STD, np.float32)
+IMAGENET_MEAN = np.array(transform_constants.IMAGENET_MEAN, np.float32)
+IMAGENET_STD = np.array(transform_constants.IMAGENET_STD, np.float32)
 
 
 def load_rgb(encoded: bytes) -> Image.Image:

@@ -205,7 +205,7 @@ def test_onnx_export_matches_flax_for_every_attention(arch, tmp_path):
     source = torch_models.create_model(model_spec).train()
     with torch.no_grad():
       source(torch.from_numpy(images.transpose(0, 3, 1, 2)))
-    variables = weights.from_state_dict(source.state_dict(), model_spec)
+    variables = weights.load_variables(source.state_dict(), model_spec)
     path = tmp_path / f"{arch}_{attention}.onnx"
     onnx_export.export(variables, model_spec, str(path), image_size=32)
     session = ort.InferenceSession(str(path))

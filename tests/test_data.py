@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from rap_flax import data
-from rap_flax.data import base, digits
+from rap_flax.data import digits, randomness
 
 ONE_HOST = dict(process_index=0, process_count=1)
 
@@ -183,12 +183,12 @@ def test_bad_input_gets_a_clear_error(config, kwargs, message):
 
 
 def test_example_uniforms_are_stateless():
-  a = base.example_uniforms(3, 2, np.arange(10), 4)
-  b = base.example_uniforms(3, 2, np.arange(5, 10), 4)
+  a = randomness.example_uniforms(3, 2, np.arange(10), 4)
+  b = randomness.example_uniforms(3, 2, np.arange(5, 10), 4)
   np.testing.assert_array_equal(a[5:], b)
   assert a.shape == (10, 4) and (0 <= a).all() and (a < 1).all()
-  assert not np.array_equal(a, base.example_uniforms(3, 3, np.arange(10), 4))
-  assert not np.array_equal(a, base.example_uniforms(4, 2, np.arange(10), 4))
+  assert not np.array_equal(a, randomness.example_uniforms(3, 3, np.arange(10), 4))
+  assert not np.array_equal(a, randomness.example_uniforms(4, 2, np.arange(10), 4))
   # Roughly uniform: 4,000 draws, mean within 5 standard errors of 0.5.
-  many = base.example_uniforms(0, 0, np.arange(1000), 4)
+  many = randomness.example_uniforms(0, 0, np.arange(1000), 4)
   assert abs(many.mean() - 0.5) < 5 * (1 / 12 / many.size) ** 0.5

@@ -55,8 +55,9 @@ def test_eight_devices_count_every_example_once(trained, jax_cache):
 
 
 def test_torch_checkpoint_evaluates_like_the_orbax_one(trained, tmp_path, jax_cache):
-  from rap_flax import models, weights  # pylint: disable=g-import-not-at-top
-  model = models.from_config(tiny_config())
+  from rap_flax import data, models, weights  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  model = models.from_config(config, data.num_classes(config.data))
   variables = weights.load_variables(str(trained), model, checkpoint="latest")
   path = tmp_path / "model_best.pth"
   weights.save_state_dict(variables, model, str(path))

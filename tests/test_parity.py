@@ -61,7 +61,7 @@ def test_flax_matches_pytorch_reference(config, seed):
   reference = torch_models.create_model(**config)
   _randomise(reference, seed)
   model = models.create_model(**config)
-  variables = weights.from_state_dict(reference.state_dict(), model)
+  variables = weights.load_variables(reference.state_dict(), model)
 
   size = 32 if config["cifar"] else 64
   images = np.random.default_rng(seed).uniform(size=(2, 3, size, size)).astype(np.float32)

@@ -200,7 +200,8 @@ def test_nan_loss_stops_loudly_and_keeps_the_last_good_checkpoint(uninterrupted,
 
 
 def test_workdir_of_another_architecture_is_refused(uninterrupted, tmp_path):
-  from rap_flax.training import checkpoint, train_lib  # pylint: disable=g-import-not-at-top
+  from rap_flax.training import train_lib  # pylint: disable=g-import-not-at-top
+  from rap_flax.weights import workdir as checkpoint  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "run"
   shutil.copytree(uninterrupted, workdir)
   before = tree_digest(workdir / "checkpoints")
@@ -283,7 +284,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
     config = flags.FLAGS.config
     assert jax.device_count() == 8
     info = data.get_dataset_info(config.data)
-    model = models.from_config(config)
+    model = models.from_config(config, info.num_classes)
     tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 10, 100))
     meshes = {n: Mesh(np.asarray(jax.devices()[:n]), ("data",)) for n in (1, 8)}
     steps = {n: train_lib.make_train_step(model, 0.1, mesh) for n, mesh in meshes.items()}
@@ -379,7 +380,7 @@ def test_fine_tuning_from_an_upstream_pth_keeps_the_backbone_and_reinitialises_t
   classifier starts fresh and the log says so."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from rap_flax import weights  # pylint: disable=g-import-not-at-top
+  from rap_flax import spec, weights  # pylint: disable=g-import-not-at-top
   from rap_flax.pytorch import models as torch_models  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   source = torch_models.create_model("mobilenetv1", 100, "srap", width_multiplier=0.25,
@@ -399,7 +400,7 @@ def test_fine_tuning_from_an_upstream_pth_keeps_the_backbone_and_reinitialises_t
   state = {k: v.numpy() for k, v in source.state_dict().items()}
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
   for path, value in traverse_util.flatten_dict(trained).items():
-    key = weights.torch_key("params", path, weights.spec_lib.GATES["srap"])
+    key = weights.torch_key("params", path, spec.GATES["srap"])
     if path[0] == "classifier":
       assert value.shape[-1] == 10
       continue

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from rap_flax.data import base, catalog, digits, synthetic
-from rap_flax.data.base import Batch, DatasetInfo, default_config
+from rap_flax.data import catalog, digits, hosts, synthetic
+from rap_flax.data.config import DatasetInfo, default_config
+from rap_flax.data.padding import Batch
 
 _IN_MEMORY = {"digits": digits.build, "synthetic": synthetic.build}
 DATASETS = (*_IN_MEMORY, *catalog.TFDS_DATASETS)
 
 
-def _source(data_config):
+def _pipeline(data_config):
   """The dataset named by data_config.dataset, ready to iterate (tfds ones must be prepared)."""
   name = data_config.dataset
   if name in _IN_MEMORY:
@@ -28,7 +29,7 @@ def _source(data_config):
   if name in catalog.TFDS_DATASETS:
     from rap_flax.data import tfds_pipeline  # imports tensorflow
 
-    return tfds_pipeline.TfdsSource(catalog.TFDS_DATASETS[name], data_config)
+    return tfds_pipeline.TfdsPipeline(catalog.TFDS_DATASETS[name], data_config)
   raise ValueError(f"Unknown config.data.dataset={name!r}; choose one of {', '.join(DATASETS)}.")
 
 
@@ -46,7 +47,7 @@ def num_classes(data_config) -> int:
 
 def get_dataset_info(data_config) -> DatasetInfo:
   """Name, number of classes, split sizes and image size of data_config.dataset."""
-  return _source(data_config).info
+  return _pipeline(data_config).info
 
 
 def create_train_iterator(data_config, batch_size: int, start_step: int = 0, seed: int = 0, *,
@@ -57,11 +58,11 @@ def create_train_iterator(data_config, batch_size: int, start_step: int = 0, see
   The batch at step s depends only on (data_config, batch_size, seed, host shard, s): a run
   resumed with start_step=s yields exactly the batches the uninterrupted run would have.
   """
-  base.check_batch_size(batch_size)
+  hosts.check_batch_size(batch_size)
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
-  shard = base.HostShard.resolve(process_index, process_count)
-  return _source(data_config).train_iterator(batch_size, start_step, int(seed), shard)
+  shard = hosts.HostShard.resolve(process_index, process_count)
+  return _pipeline(data_config).train_iterator(batch_size, start_step, int(seed), shard)
 
 
 def create_eval_iterator(data_config, batch_size: int, *, process_index: int | None = None,
@@ -71,9 +72,9 @@ def create_eval_iterator(data_config, batch_size: int, *, process_index: int | N
   Every host yields the same number of batches, and the masks of all hosts together sum to the
   size of the eval split.
   """
-  base.check_batch_size(batch_size)
-  shard = base.HostShard.resolve(process_index, process_count)
-  return _source(data_config).eval_iterator(batch_size, shard)
+  hosts.check_batch_size(batch_size)
+  shard = hosts.HostShard.resolve(process_index, process_count)
+  return _pipeline(data_config).eval_iterator(batch_size, shard)
 
 
 __all__ = ["DATASETS", "Batch", "DatasetInfo", "create_eval_iterator", "create_train_iterator",

@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 
-from rap_flax.data import base, in_memory
+from rap_flax.data import config, in_memory
 
 NUM_CLASSES = 10
 DEFAULT_IMAGE_SIZE = 32
@@ -66,7 +66,7 @@ def random_shift(images: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
 def build(data_config) -> in_memory.ArrayDataset:
   image_size = data_config.image_size or DEFAULT_IMAGE_SIZE
   train_x, train_y, eval_x, eval_y = _load(int(image_size))
-  info = base.DatasetInfo("digits", NUM_CLASSES, len(train_y), len(eval_y), int(image_size))
+  info = config.DatasetInfo("digits", NUM_CLASSES, len(train_y), len(eval_y), int(image_size))
   return in_memory.ArrayDataset(
       info=info,
       train=in_memory.ArraySplit(len(train_y), _take_fn(train_x, train_y)),

@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from rap_flax.data import base
+from rap_flax.data import config, hosts, padding, randomness
 
 # example indices -> (images float32 (n, S, S, 3), labels int32 (n,))
 TakeFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -26,19 +26,19 @@ class ArraySplit:
 
 @dataclasses.dataclass(frozen=True)
 class ArrayDataset:
-  info: base.DatasetInfo
+  info: config.DatasetInfo
   train: ArraySplit
   eval: ArraySplit
   augment: AugmentFn | None = None
   num_augment_draws: int = 0
 
   def train_iterator(self, batch_size: int, start_step: int, seed: int,
-                     shard: base.HostShard) -> Iterator[base.Batch]:
+                     shard: hosts.HostShard) -> Iterator[padding.Batch]:
     host = shard.train_range(self.train.num_examples)
-    steps_per_epoch = base.train_steps_per_epoch(len(host), batch_size, self.info.name)
+    steps_per_epoch = hosts.train_steps_per_epoch(len(host), batch_size, self.info.name)
     return _train_batches(self, batch_size, start_step, seed, shard, host, steps_per_epoch)
 
-  def eval_iterator(self, batch_size: int, shard: base.HostShard) -> Iterator[base.Batch]:
+  def eval_iterator(self, batch_size: int, shard: hosts.HostShard) -> Iterator[padding.Batch]:
     host = shard.eval_range(self.eval.num_examples)
 
     def batches():
@@ -46,21 +46,21 @@ class ArrayDataset:
         images, labels = self.eval.take(np.arange(start, min(start + batch_size, host.stop)))
         yield {"image": images, "label": labels}
 
-    return base.pad_eval_batches(
+    return padding.pad_eval_batches(
         batches(), batch_size, shard.num_eval_batches(self.eval.num_examples, batch_size),
-        base.example_shapes(self.info.image_size))
+        padding.example_shapes(self.info.image_size))
 
 
 def _train_batches(dataset, batch_size, start_step, seed, shard, host, steps_per_epoch):
   epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
   mask = np.ones(batch_size, bool)
   while True:
-    order = base.epoch_permutation(seed, epoch, shard, len(host))
+    order = randomness.epoch_permutation(seed, epoch, shard, len(host))
     for step in range(step_in_epoch, steps_per_epoch):
       positions = np.arange(step * batch_size, (step + 1) * batch_size)
       images, labels = dataset.train.take(host.start + order[positions])
       if dataset.augment is not None:
-        uniforms = base.example_uniforms(seed, epoch, positions, dataset.num_augment_draws)
+        uniforms = randomness.example_uniforms(seed, epoch, positions, dataset.num_augment_draws)
         images = dataset.augment(images, uniforms)
       yield {"image": images, "label": labels, "mask": mask}
     epoch, step_in_epoch = epoch + 1, 0

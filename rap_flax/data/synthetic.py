@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rap_flax.data import base, in_memory
+from rap_flax.data import config, in_memory
 
 DEFAULT_IMAGE_SIZE = 224
 _DATA_SEED = 1234  # The data itself is fixed; config.seed only drives the shuffle order.
@@ -31,7 +31,7 @@ def build(data_config) -> in_memory.ArrayDataset:
     raise ValueError(
         "synthetic needs synthetic_num_classes, synthetic_num_train and synthetic_num_eval >= 1, "
         f"got {num_classes}, {num_train}, {num_eval}.")
-  info = base.DatasetInfo("synthetic", num_classes, num_train, num_eval, image_size)
+  info = config.DatasetInfo("synthetic", num_classes, num_train, num_eval, image_size)
   return in_memory.ArrayDataset(
       info=info,
       train=in_memory.ArraySplit(num_train, _take_fn(0, image_size, num_classes)),

@@ -16,7 +16,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from rap_flax import files
-from rap_flax.data import base, catalog, transforms
+from rap_flax.data import catalog, config, hosts, padding, randomness, transforms
 
 _SKIP_IMAGE_DECODING = {"image": tfds.decode.SkipDecoding()}
 _FILE_NAME_FEATURES = ("image/filename", "file_name", "id")
@@ -48,7 +48,7 @@ def load_builder(spec: catalog.TfdsDataset, data_dir: str | None) -> tfds.core.D
   return builder
 
 
-class TfdsSource:
+class TfdsPipeline:
   """A prepared tfds dataset plus what the config says about reading it."""
 
   def __init__(self, spec: catalog.TfdsDataset, data_config):
@@ -61,7 +61,7 @@ class TfdsSource:
     self.cache = bool(data_config.cache) and spec.cacheable
     self.shuffle_buffer_size = int(data_config.shuffle_buffer_size)
     self.prefetch_batches = int(data_config.prefetch_batches)
-    self.info = base.DatasetInfo(
+    self.info = config.DatasetInfo(
         spec.name, self.builder.info.features["label"].num_classes,
         self.num_examples(self.train_split), self.num_examples(self.eval_split), self.image_size)
 
@@ -81,17 +81,17 @@ class TfdsSource:
     return parallel_map(dataset, lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))
 
   def train_iterator(self, batch_size: int, start_step: int, seed: int,
-                     shard: base.HostShard) -> Iterator[base.Batch]:
+                     shard: hosts.HostShard) -> Iterator[padding.Batch]:
     split = tfds.even_splits(self.train_split, n=shard.count, drop_remainder=True)[shard.index]
     num_examples = self.num_examples(split)
-    steps_per_epoch = base.train_steps_per_epoch(num_examples, batch_size, self.spec.name)
+    steps_per_epoch = hosts.train_steps_per_epoch(num_examples, batch_size, self.spec.name)
     decode = lambda image, label: (self.transforms.decode(image), label)
     cached = None
     if self.cache:
       cached = parallel_map(self.read(split), decode).cache()
 
     def epoch_pipeline(epoch: int, first_step: int) -> tf.data.Dataset:
-      shuffle_seed = base.epoch_seed(seed, epoch, shard)
+      shuffle_seed = randomness.epoch_seed(seed, epoch, shard)
       examples = cached if cached is not None else self.read(split, shuffle_seed=shuffle_seed)
       # A buffer larger than the dropped remainder makes each epoch read the split to its end,
       # which is what completes the cache in the first epoch.
@@ -148,7 +148,7 @@ class TfdsSource:
         return names[0].decode() if names else "(unnamed example)"
     return None
 
-  def eval_iterator(self, batch_size: int, shard: base.HostShard) -> Iterator[base.Batch]:
+  def eval_iterator(self, batch_size: int, shard: hosts.HostShard) -> Iterator[padding.Batch]:
     total = self.info.num_eval
     batches = iter(())
     if len(shard.eval_range(total)):  # tfds refuses to read an empty sub-split
@@ -158,5 +158,5 @@ class TfdsSource:
       dataset = parallel_map(self.read(split), evaluate)
       dataset = dataset.batch(batch_size).prefetch(self.prefetch_batches)
       batches = deterministic(dataset).as_numpy_iterator()
-    return base.pad_eval_batches(batches, batch_size, shard.num_eval_batches(total, batch_size),
-                                 base.example_shapes(self.image_size))
+    return padding.pad_eval_batches(batches, batch_size, shard.num_eval_batches(total, batch_size),
+                                 padding.example_shapes(self.image_size))

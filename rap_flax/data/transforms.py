@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from rap_flax.data.base import (BRIGHTNESS, CIFAR_PAD, IMAGENET_MEAN, IMAGENET_STD,
+from rap_flax.data.transform_constants import (BRIGHTNESS, CIFAR_PAD, IMAGENET_MEAN, IMAGENET_STD,
                                 RESIZE_RATIO, RRC_ATTEMPTS, RRC_RATIO, RRC_SCALE)
 
 RRC_LOG_RATIO = (math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1]))

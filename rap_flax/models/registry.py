@@ -50,19 +50,23 @@ def create_model(arch: str | spec_lib.ModelSpec, num_classes: int | None = None,
   return MobileNet(model_spec, dtype, depthwise_implementation)
 
 
-def spec_from_config(config) -> spec_lib.ModelSpec:
-  """The ModelSpec of a training config; num_classes from the dataset unless set."""
-  from rap_flax import data  # pylint: disable=g-import-not-at-top
-
+def spec_from_config(config, num_classes: int | None = None) -> spec_lib.ModelSpec:
+  """The ModelSpec of a training config's `config.model`. `num_classes` (the dataset's,
+  e.g. `rap_flax.data.num_classes(config.data)`) is used where config.model.num_classes is
+  unset."""
   model = config.model
-  num_classes = model.num_classes or data.num_classes(config.data)
+  if model.num_classes is not None:
+    num_classes = model.num_classes
+  if num_classes is None:
+    raise ValueError("config.model.num_classes is unset: set it, or pass the dataset's "
+                     "(num_classes=rap_flax.data.num_classes(config.data)).")
   return spec_lib.ModelSpec(model.arch, num_classes, model.attention, tuple(model.pool_types),
                             None if model.rates is None else tuple(model.rates),
                             model.width_multiplier, model.cifar, model.lightweight_head)
 
 
-def from_config(config) -> MobileNet:
+def from_config(config, num_classes: int | None = None) -> MobileNet:
   """The model a training config describes: what train.py, eval.py, the converter, the
-  exporter and the notebook build."""
-  return create_model(spec_from_config(config), dtype=config.model.dtype,
+  exporter and the notebook build. `num_classes`: as for `spec_from_config`."""
+  return create_model(spec_from_config(config, num_classes), dtype=config.model.dtype,
                       depthwise_implementation=config.model.depthwise_implementation)

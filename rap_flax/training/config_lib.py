@@ -10,24 +10,20 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
+from rap_flax import data
+from rap_flax.models import registry
+from rap_flax.weights import workdir
+
 LR_SCHEDULES = ("constant", "multistep", "step", "cosine")
-# Fields that moved under config.data: an old name on the command line or in a config is an
-# error that names the new place.
-MOVED_FIELDS = {name: f"data.{name}" for name in (
-    "dataset", "data_dir", "image_size", "train_split", "eval_split", "cache",
-    "shuffle_buffer_size", "prefetch_batches", "synthetic_num_classes", "synthetic_num_train",
-    "synthetic_num_eval")}
 
 
 def base_config() -> ml_collections.ConfigDict:
   """Defaults for every field; a recipe overrides a subset."""
-  from rap_flax import data  # pylint: disable=g-import-not-at-top
-
   config = ml_collections.ConfigDict()
   config.data = data.default_config()  # What rap_flax.data reads (and only that).
   config.seed = 0  # Seeds the parameter init, the shuffling and the augmentation.
@@ -122,10 +118,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     hints = []
     for name in unknown:
       close = difflib.get_close_matches(name, known, n=1)
-      if name in MOVED_FIELDS:
-        hints.append(f"{name!r} (moved to {MOVED_FIELDS[name]!r})")
-      else:
-        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+      hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     raise ValueError(
         f"Unknown config field(s): {', '.join(hints)}. Fix the spelling or remove them; "
         "the known fields are defined in rap_flax/training/config_lib.py.")
@@ -141,15 +134,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
   check(config.lr_schedule in LR_SCHEDULES,
         f"lr_schedule={config.lr_schedule!r} is unknown; choose one of {LR_SCHEDULES}.")
-  from rap_flax.models import registry  # pylint: disable=g-import-not-at-top
-  from rap_flax.training import checkpoint  # pylint: disable=g-import-not-at-top
   check(config.model.dtype in registry.DTYPES,
         f"model.dtype={config.model.dtype!r} is unknown; choose one of "
         f"{sorted(registry.DTYPES)}.")
-  check(config.init_from_checkpoint in checkpoint.CHECKPOINT_CHOICES or
+  check(config.init_from_checkpoint in workdir.CHECKPOINT_CHOICES or
         str(config.init_from_checkpoint).isdigit(),
         f"init_from_checkpoint={config.init_from_checkpoint!r}: use one of "
-        f"{checkpoint.CHECKPOINT_CHOICES} or a step number.")
+        f"{workdir.CHECKPOINT_CHOICES} or a step number.")
   check(config.batch_size > 0 and config.eval_batch_size > 0,
         "batch_size and eval_batch_size must be positive.")
   check(config.num_train_steps > 0 or config.num_epochs > 0,
@@ -166,12 +157,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "log_every_steps, checkpoint_every_steps and eval_every_epochs must be >= 1.")
 
 
-def check_moved_fields(argv: Sequence[str]) -> None:
-  """Raises ValueError for an old data field on the command line (--config.dataset=...)."""
-  for arg in argv:
-    if arg.startswith("--config."):
-      name = arg[len("--config."):].split("=", 1)[0]
-      if name in MOVED_FIELDS:
-        value = arg.split("=", 1)[1] if "=" in arg else "..."
-        raise ValueError(f"--config.{name} moved to --config.{MOVED_FIELDS[name]}; use "
-                         f"--config.{MOVED_FIELDS[name]}={value}.")
+def model_for_dataset(config: ml_collections.ConfigDict, info: data.DatasetInfo):
+  """The model of `config` for the dataset `info` describes: its classes unless
+  config.model.num_classes is set, and then they must agree."""
+  model = registry.from_config(config, info.num_classes)
+  if model.model_spec.num_classes != info.num_classes:
+    raise ValueError(f"config.model.num_classes={model.model_spec.num_classes}, but "
+                     f"{info.name!r} has {info.num_classes} classes; unset it (None: the "
+                     "dataset's) or evaluate on a dataset with as many classes.")
+  return model

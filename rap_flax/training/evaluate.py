@@ -14,7 +14,7 @@ import ml_collections
 from absl import logging
 from jax.sharding import Mesh
 
-from rap_flax import files, models, weights
+from rap_flax import data, files, weights
 from rap_flax.training import config_lib, metrics, parallel
 
 EvalStep = Callable[[Any, Any], metrics.Metrics]
@@ -34,8 +34,6 @@ def make_eval_step(model, mesh: Mesh) -> EvalStep:
 def evaluate(eval_step: EvalStep, variables, config: ml_collections.ConfigDict,
              mesh: Mesh) -> dict[str, float]:
   """loss, top1, top5 (fractions) and num_examples over the whole eval split."""
-  from rap_flax import data  # pylint: disable=g-import-not-at-top
-
   batch_size = parallel.per_host_batch_size(config.eval_batch_size, "eval_batch_size")
   sharding = parallel.data_sharding(mesh)
   total = None
@@ -54,14 +52,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, source: str,
 
   Returns loss/top1/top5/num_examples with the source, step and dataset.
   """
-  from rap_flax import data  # pylint: disable=g-import-not-at-top
-
   config_lib.validate_config(config)
   mesh = parallel.create_mesh()
   info = data.get_dataset_info(config.data)
-  model = models.from_config(config)
+  model = config_lib.model_for_dataset(config, info)
   opened = weights.open_source(source, model, which)
-  variables = jax.device_put(weights.exact_variables(opened, model),
+  variables = jax.device_put(weights.exact_variables(opened),
                              parallel.replicated_sharding(mesh))
   result: dict[str, Any] = {"source": opened.description, "checkpoint": which,
                             "step": opened.step, "dataset": info.name}

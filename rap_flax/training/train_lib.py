@@ -23,10 +23,12 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from rap_flax import files, models, weights
-from rap_flax.training import checkpoint, config_lib, evaluate, metrics, optim, parallel
+from rap_flax import data, files, weights
+from rap_flax.errors import Preempted
+from rap_flax.training import config_lib, evaluate, metrics, optim, parallel
 from rap_flax.training import train_state as train_state_lib
 from rap_flax.training.train_state import TrainState
+from rap_flax.weights.workdir import Checkpoints
 
 TrainStep = Callable[[TrainState, Any], tuple[TrainState, metrics.Metrics]]
 
@@ -101,10 +103,6 @@ class _Preemption:
     return self._signalled
 
 
-class Preempted(Exception):
-  """Training stopped early on SIGTERM after writing a checkpoint; rerun to resume."""
-
-
 def _log_model_overview(state: TrainState, model, image_size: int, workdir: str) -> None:
   """The parameter table goes to WORKDIR/parameters.txt, a one-line summary to the log."""
   table = parameter_overview.get_parameter_overview(state.params, include_stats=False)
@@ -159,8 +157,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   the final and best validation numbers. Returns the final train state; raises Preempted
   when stopped by SIGTERM (after writing a checkpoint).
   """
-  from rap_flax import data  # pylint: disable=g-import-not-at-top
-
   config_lib.validate_config(config)
   workdir = os.path.abspath(files.expand(workdir))
   mesh = parallel.create_mesh()
@@ -168,11 +164,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   parallel.per_host_batch_size(config.eval_batch_size, "eval_batch_size")
 
   info = data.get_dataset_info(config.data)
-  model = models.from_config(config)
+  model = config_lib.model_for_dataset(config, info)
   model_spec = model.model_spec
-  if model_spec.num_classes != info.num_classes:
-    raise ValueError(f"config.model.num_classes={model_spec.num_classes}, but {info.name!r} "
-                     f"has {info.num_classes} classes; unset it (None: the dataset's).")
   steps_per_epoch = info.num_train // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"batch_size={config.batch_size} exceeds the {info.num_train} training "
@@ -185,7 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   results_path = os.path.join(workdir, "results.json")
   _enable_compilation_cache(config, workdir)
 
-  with checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints) as checkpoints:
+  with Checkpoints(workdir, keep=config.keep_checkpoints) as checkpoints:
     if checkpoints.steps():
       target = train_state_lib.abstract_train_state(model, tx, info.image_size, replicated)
       state, best_val_top1 = checkpoints.restore(target, model_spec)

@@ -43,15 +43,6 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image
   return lowered.compile(_CPU_INIT_COMPILER_OPTIONS if on_cpu else None)()
 
 
-def abstract_variables(model: nn.Module, image_size: int,
-                       sharding: NamedSharding) -> dict[str, Any]:
-  """Shapes, dtypes and shardings of {"params", "batch_stats"} (a restore target)."""
-  shapes = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False))
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      dict(shapes))
-
-
 def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, image_size: int,
                          sharding: NamedSharding) -> TrainState:
   """Shapes, dtypes and shardings of the state, without computing it (a restore target)."""

@@ -1,4 +1,7 @@
-"""Orbax checkpoints of the train state: the last k and the best by validation top-1.
+"""A training workdir's checkpoints (`WORKDIR/checkpoints`, orbax): the one module that
+writes and reads them, for training (the train state) and for loading weights (variables).
+
+The last k checkpoints are kept, and the best by validation top-1.
 
 Every checkpoint stores the train state (step, params, BatchNorm statistics, optimizer state)
 and, as metadata, the model it belongs to (`rap_flax.spec.ModelSpec`) and the best validation
@@ -27,11 +30,11 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from rap_flax import spec as spec_lib
-from rap_flax.training.train_state import TrainState
 
 METRIC = "val_top1"
 CHECKPOINT_CHOICES = ("best", "latest")
 _T = TypeVar("_T")
+SUBDIRECTORY = "checkpoints"
 
 
 class ArchitectureMismatchError(ValueError):
@@ -44,6 +47,20 @@ class DamagedCheckpointError(ValueError):
 
 class NoCheckpointError(FileNotFoundError):
   """The workdir holds no checkpoints."""
+
+
+def is_workdir(path: str) -> bool:
+  return os.path.isdir(os.path.join(path, SUBDIRECTORY))
+
+
+def step_directory(path: str) -> tuple[str, int] | None:
+  """(workdir, step) for WORKDIR/checkpoints/STEP[/state], else None."""
+  parts = os.path.normpath(path).split(os.sep)
+  if parts and parts[-1] == "state":
+    parts = parts[:-1]
+  if len(parts) >= 2 and parts[-1].isdigit() and parts[-2] == SUBDIRECTORY:
+    return os.sep.join(parts[:-2]) or os.sep, int(parts[-1])
+  return None
 
 
 def _best_fn(metrics: dict[str, float]) -> float:
@@ -91,10 +108,10 @@ def _ignore_late_orbax_callbacks() -> None:
 
 
 class Checkpoints:
-  """Saves and restores TrainStates under `<workdir>/checkpoints`."""
+  """Saves and restores train states (any pytree with a `step`) under `<workdir>/checkpoints`."""
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = os.path.join(os.path.abspath(workdir), SUBDIRECTORY)
     if read_only and not os.path.isdir(self.directory):
       raise NoCheckpointError(f"No checkpoints in {workdir}: it has no checkpoints/ directory. "
                               "Train first (python train.py --config=... --workdir=...).")
@@ -175,7 +192,7 @@ class Checkpoints:
     raise DamagedCheckpointError(f"None of the checkpoints {candidates} in {self.directory} can "
                                  "be read; start from a fresh --workdir.")
 
-  def save(self, state: TrainState, *, model_spec: spec_lib.ModelSpec,
+  def save(self, state: Any, *, model_spec: spec_lib.ModelSpec,
            best_val_top1: float | None, val_top1: float | None = None) -> None:
     """Starts an asynchronous save of `state` at its step; `val_top1` if just evaluated."""
     step = int(jax.device_get(state.step))
@@ -203,8 +220,8 @@ class Checkpoints:
           "stored ones.")
     return metadata
 
-  def restore(self, abstract_state: TrainState, model_spec: spec_lib.ModelSpec,
-              which: str = "latest") -> tuple[TrainState, float | None]:
+  def restore(self, abstract_state: _T, model_spec: spec_lib.ModelSpec,
+              which: str = "latest") -> tuple[_T, float | None]:
     """The newest readable state onto the shapes, dtypes and shardings of `abstract_state`,
     and the best validation top-1 recorded with it."""
 
