@@ -15,7 +15,7 @@ from typing import Callable
 
 from absl import app, flags
 
-from rap_flax import errors, files
+from rap_flax import config_fields, errors, files
 
 EXIT_DIVERGED = 1
 EXIT_USAGE = 2
@@ -50,7 +50,31 @@ def load_config():
   return config
 
 
+def _unknown_override() -> str | None:
+  """The message for a --config.FIELD=VALUE naming a field the loaded config lacks."""
+  files_given = [arg.split("=", 1)[1] for arg in sys.argv[1:] if arg.startswith("--config=")]
+  if not files_given:
+    return None
+  path, _, argument = files_given[-1].partition(":")
+  try:
+    loaded = config_fields.load_recipe(path, *([argument] if argument else []))
+  except Exception:  # pylint: disable=broad-except  # the config's own error is reported then
+    return None
+  known = config_fields.flatten(loaded)
+  for arg in sys.argv[1:]:
+    if arg.startswith("--config."):
+      name = arg[len("--config."):].split("=", 1)[0]
+      if name not in known and not any(field.startswith(name + ".") for field in known):
+        close = config_fields.closest(name, known)
+        hint = f"; did you mean --config.{close}?" if close else ""
+        return f"Unknown config field --config.{name}{hint}"
+  return None
+
+
 def _config_error(error: BaseException) -> str:
+  unknown = _unknown_override()
+  if unknown:
+    return unknown
   text = str(error)
   missing = re.search(r"No such file or directory: '([^']+)'", text)
   if missing:

@@ -131,7 +131,7 @@ def _random_pth(tmp_path: pathlib.Path) -> pathlib.Path:
 
 @pytest.mark.parametrize("mistake, expected", [
     (lambda tmp: ["train.py", f"--config={DIGITS}", f"--workdir={tmp}", "--config.lernin_rate=1"],
-     'Did you mean "learning_rate"'),
+     "Unknown config field --config.lernin_rate; did you mean --config.learning_rate?"),
     (lambda tmp: ["train.py", "--config=configs/nonexistent.py", f"--workdir={tmp}"],
      "configs/nonexistent.py does not exist"),
     (lambda tmp: ["train.py", f"--config={DIGITS}", f"--workdir={tmp}",
@@ -145,7 +145,7 @@ def _random_pth(tmp_path: pathlib.Path) -> pathlib.Path:
     (lambda tmp: ["eval.py", f"--config={DIGITS}", f"--weights={_random_pth(tmp)}"],
      "not written by torch.save"),
     (lambda tmp: ["train.py", f"--config={DIGITS}", f"--workdir={tmp}",
-                  "--config.dataset=cifar10"], "moved to --config.data.dataset"),
+                  "--config.dataset=cifar10"], "did you mean --config.data.dataset?"),
 ], ids=["unknown_field", "missing_config", "unknown_attention", "unprepared_dataset",
         "empty_workdir", "missing_pth", "random_pth", "moved_field"])
 def test_command_line_mistakes_get_one_clear_line(mistake, expected, tmp_path, jax_cache):

@@ -224,7 +224,7 @@ def test_missing_dataset_says_how_to_prepare_it(tmp_path):
 def test_unknown_config_field_names_the_fix(tmp_path, jax_cache):
   result = run_train(jax_cache, tmp_path, "--config.wieght_decay=0", expect_ok=False)
   assert result.returncode != 0
-  assert 'Did you mean "weight_decay"' in result.stderr
+  assert "did you mean --config.weight_decay?" in result.stderr
   from rap_flax.training import train_lib  # pylint: disable=g-import-not-at-top
   config = tiny_config()
   config.model.widht_multiplier = 0.5

@@ -40,7 +40,7 @@ def define_flags() -> None:
 
 
 def _check_imagenet_source(source: str) -> None:
-  from rap_flax.data.builders import SourceError  # pylint: disable=g-import-not-at-top
+  from rap_flax.data.builders import SourceError  # pylint: disable=g-import-not-at-top  # imports tfds
 
   for name in IMAGENET_FILES:
     path = os.path.join(source, name)
@@ -56,7 +56,7 @@ def prepare(dataset: str, source: str | None = None, data_dir: str | None = None
   """Builds the tfds files of `dataset` in data_dir; returns (tfds builder, skipped images)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  from rap_flax.data import builders  # pylint: disable=g-import-not-at-top
+  from rap_flax.data import builders  # pylint: disable=g-import-not-at-top  # imports tfds
 
   source, data_dir = files.expand(source), files.expand(data_dir)
   if dataset not in catalog.TFDS_DATASETS:

@@ -7,15 +7,13 @@ letting it be silently ignored.
 
 from __future__ import annotations
 
-import difflib
-import importlib.util
-import os
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
 from rap_flax import data
+from rap_flax.config_fields import closest, flatten, load_recipe
 from rap_flax.models import registry
 from rap_flax.weights import workdir
 
@@ -80,27 +78,6 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
-def load_recipe(path: str, *args) -> ml_collections.ConfigDict:
-  """get_config(*args) of the config file at `path`: for recipes that extend another one
-  (by file, so that configs load from any working directory)."""
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*args)
-
-
-def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
-  """{"model.arch": ..., "batch_size": ...}: every leaf field under its dotted name."""
-  flat = {}
-  for key, value in config.items():
-    name = prefix + key
-    if isinstance(value, ml_collections.ConfigDict):
-      flat.update(flatten(value, name + "."))
-    else:
-      flat[name] = value
-  return flat
-
-
 def describe(config: ml_collections.ConfigDict) -> str:
   """`key = value` lines for the fields that differ from base_config() (all in config.json)."""
   defaults = flatten(base_config())
@@ -117,8 +94,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if unknown:
     hints = []
     for name in unknown:
-      close = difflib.get_close_matches(name, known, n=1)
-      hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+      close = closest(name, known)
+      hints.append(f"{name!r}" + (f" (did you mean {close!r}?)" if close else ""))
     raise ValueError(
         f"Unknown config field(s): {', '.join(hints)}. Fix the spelling or remove them; "
         "the known fields are defined in rap_flax/training/config_lib.py.")
