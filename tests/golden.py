@@ -5,12 +5,16 @@ import pathlib
 
 import jax
 import numpy as np
+import pytest
 
 from rap_flax import models
 
 DATA = pathlib.Path(__file__).parent / "data"
 CASES = json.loads((DATA / "cases.json").read_text())
 CASE_NAMES = [case["name"] for case in CASES]
+# The first case runs in the quick tier (-m "not slow"), the others in the full suite only.
+CASE_NAMES_FIRST_QUICK = [pytest.param(name, marks=() if index == 0 else pytest.mark.slow)
+                          for index, name in enumerate(CASE_NAMES)]
 # docs/upstream.md §3: torch sum(p.numel()) of the upstream models, 120 classes, w=1, 224, heavy head.
 UPSTREAM_PARAMETER_COUNTS = [
     ("mobilenetv1", ("avg", "std"), (0.5, 0.5), 3_685_352),

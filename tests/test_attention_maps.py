@@ -14,6 +14,7 @@ def _init(model, images):
   return jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(images)
 
 
+@pytest.mark.slow
 def test_blocks_and_shapes_follow_the_architecture():
   model = models.create_model("mobilenetv3_large", 5, "srap", width_multiplier=0.25)
   images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 64, 64, 3)), jnp.float32)

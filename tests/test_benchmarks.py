@@ -54,6 +54,7 @@ class TestOnALoadedMachine:  # the busy children live as long as this class's te
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_train_step_reports_alternating_rounds_spread_and_load(tmp_path):
   output = tmp_path / "train_step.json"
   result = run_benchmark(
@@ -78,6 +79,7 @@ def test_train_step_reports_alternating_rounds_spread_and_load(tmp_path):
   assert ratio["min"] <= ratio["median"] <= ratio["max"]
 
 
+@pytest.mark.slow
 def test_gpu_suite_smoke_runs_everything_at_tiny_sizes(tmp_path):
   """benchmarks/gpu_suite.py --smoke: the whole GPU suite on the CPU, so it cannot rot."""
   result = run_benchmark("gpu_suite.py", "--smoke", f"--output_dir={tmp_path}")

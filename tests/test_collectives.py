@@ -13,6 +13,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = """
 import collections, json, re
 import jax, numpy as np
@@ -41,6 +43,7 @@ COLLECTIVE = re.compile(r"= \S+ (all-gather|all-reduce|all-to-all|collective-per
                         r"reduce-scatter|collective-broadcast)(?:-start)?\(")
 
 
+@pytest.mark.slow
 def test_eight_device_train_step_has_all_reduces_and_no_all_gather():
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}

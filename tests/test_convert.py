@@ -150,6 +150,7 @@ def _config_for(case):
   return config
 
 
+@pytest.mark.slow
 def test_cli_takes_a_config_with_an_argument_and_overrides(tmp_path):
   """The README's configs/NAME.py:ARG form and --config.x=y work in the converter."""
   name = "mafc_v1_w025_imagenet_fmt"
@@ -171,6 +172,7 @@ def test_cli_takes_a_config_with_an_argument_and_overrides(tmp_path):
   assert "exists; pass --overwrite" in again.stderr
 
 
+@pytest.mark.slow
 def test_to_torch_from_a_training_workdir_loads_strictly_and_matches(tmp_path, trained_tiny):
   """convert to-torch --input=WORKDIR: the upstream-layout model loads it with strict=True and
   computes the Flax model's eval logits."""
@@ -190,6 +192,7 @@ def test_to_torch_from_a_training_workdir_loads_strictly_and_matches(tmp_path, t
                              torch_logits)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(spec.ARCHS))
 def test_onnx_export_matches_flax_for_every_attention(arch, tmp_path):
   """One file per arch x attention, batches of 1 and 3 (dynamic batch), logits within 1e-4."""

@@ -22,6 +22,7 @@ def trained(tmp_path_factory, jax_cache) -> pathlib.Path:
   return workdir
 
 
+@pytest.mark.slow
 def test_latest_checkpoint_reproduces_the_final_validation_numbers(trained, jax_cache):
   results = read_results(trained)
   evaluation = run_eval(jax_cache, trained, "--checkpoint=latest")
@@ -31,6 +32,7 @@ def test_latest_checkpoint_reproduces_the_final_validation_numbers(trained, jax_
   assert evaluation["num_examples"] == 360
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_the_default(trained, jax_cache):
   results = read_results(trained)
   evaluation = run_eval(jax_cache, trained)
@@ -39,6 +41,7 @@ def test_best_checkpoint_is_the_default(trained, jax_cache):
   assert evaluation["top1"] == results["best_val_top1"]
 
 
+@pytest.mark.slow
 def test_eight_devices_count_every_example_once(trained, jax_cache):
   """The padded last batch is split over 8 devices; the masks keep the counts exact."""
   output = trained / "eval_8_devices.json"
@@ -54,6 +57,7 @@ def test_eight_devices_count_every_example_once(trained, jax_cache):
   assert evaluation["loss"] == pytest.approx(final["loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_torch_checkpoint_evaluates_like_the_orbax_one(trained, tmp_path, jax_cache):
   from rap_flax import data, models, weights  # pylint: disable=g-import-not-at-top
   config = tiny_config()
@@ -69,6 +73,7 @@ def test_torch_checkpoint_evaluates_like_the_orbax_one(trained, tmp_path, jax_ca
     assert evaluation[name] == final[name], name
 
 
+@pytest.mark.slow
 def test_missing_or_unknown_checkpoints_are_explained(tmp_path, trained):
   from rap_flax.training import evaluate  # pylint: disable=g-import-not-at-top
   with pytest.raises(FileNotFoundError, match="No weights at .*empty"):

@@ -40,6 +40,7 @@ def delete_metadata(step_dir: pathlib.Path) -> None:
   (step_dir / "_CHECKPOINT_METADATA").unlink()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [truncate_data_files, delete_metadata],
                          ids=["truncated", "no_metadata"])
 def test_damaged_newest_step_is_skipped_by_eval_and_resume(damage, uninterrupted, tmp_path,
@@ -68,12 +69,14 @@ def test_damaged_newest_step_is_skipped_by_eval_and_resume(damage, uninterrupted
   assert checkpoint_steps(workdir)[-1] == RESUME_STEPS
 
 
+@pytest.mark.slow
 def test_finished_workdir_says_so_and_exits_zero(uninterrupted, jax_cache):
   result = run(jax_cache, *train_command(uninterrupted, *RESUME_ARGS)[1:])
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"already complete at step {RESUME_STEPS}" in result.stderr
 
 
+@pytest.mark.slow
 def test_eval_prints_its_numbers_before_a_failed_write(uninterrupted, tmp_path, jax_cache):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
@@ -83,6 +86,7 @@ def test_eval_prints_its_numbers_before_a_failed_write(uninterrupted, tmp_path, 
   assert "could not write" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_jpeg_is_reported_by_prepare_and_never_reaches_training(tmp_path, jax_cache):
   """A fake 120-class Stanford Dogs source with one corrupt JPEG, given with ~ paths."""
   home = tmp_path / "home"
@@ -163,6 +167,7 @@ def test_verbose_shows_the_traceback(tmp_path, jax_cache):
   assert result.returncode != 0 and "Traceback" in result.stderr
 
 
+@pytest.mark.slow
 def test_tilde_in_workdir_is_expanded(tmp_path, jax_cache):
   home = tmp_path / "home"
   home.mkdir()
@@ -174,6 +179,7 @@ def test_tilde_in_workdir_is_expanded(tmp_path, jax_cache):
   assert not (tmp_path / "~").exists()
 
 
+@pytest.mark.slow
 def test_start_up_is_quiet_and_writes_the_parameter_table(tmp_path, jax_cache):
   """Config as `key = value` differences, one model line (the table goes to the workdir), no
   backend probing or oneDNN notices, and the ETA only after the first (compiling) step."""

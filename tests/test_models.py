@@ -10,7 +10,7 @@ from rap_flax.layers import attention
 from tests import golden
 
 
-@pytest.mark.parametrize("name", golden.CASE_NAMES)
+@pytest.mark.parametrize("name", golden.CASE_NAMES_FIRST_QUICK)
 def test_golden_logits_eval_and_train_mode(name):
   case = golden.case(name)
   model = golden.build_model(case)
@@ -89,6 +89,7 @@ def test_nchw_input_is_rejected_with_hint():
                    jnp.zeros((1, 3, 64, 64)))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_tracks_float32_logits():
   name = "srap_v3l_w05"
   case = golden.case(name)
@@ -105,6 +106,7 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_float32_logits():
   assert np.array_equal(np.argmax(logits, -1), np.argmax(reference, -1))
 
 
+@pytest.mark.slow
 def test_upstream_init_scheme():
   model = models.create_model("mobilenetv1", 10, "srap", width_multiplier=0.5, cifar=True)
   variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(

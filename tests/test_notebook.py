@@ -4,6 +4,7 @@ import pathlib
 
 import nbclient
 import nbformat
+import pytest
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "notebooks" / "walkthrough.ipynb"
 CELL_TIMEOUT_S = 600  # The training cell (mostly compilation) takes ~3 min on a busy 2-core box.
@@ -18,6 +19,7 @@ def test_notebook_is_committed_without_outputs():
                      "(Jupyter: Edit > Clear Outputs of All Cells) before committing.")
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   """Every cell runs without error; the cells assert parity themselves."""
   monkeypatch.setenv("TMPDIR", str(tmp_path))  # The kernel inherits it: its workdir lands here.

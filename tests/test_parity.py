@@ -9,6 +9,7 @@ import hypothesis
 from hypothesis import strategies as st
 import jax
 import numpy as np
+import pytest
 import torch
 
 from rap_flax import models, weights
@@ -53,6 +54,7 @@ def _randomise(module: torch.nn.Module, seed: int) -> None:
         tensor.copy_(torch.randn(tensor.shape, generator=generator) * (1.5 / fan_in) ** 0.5)
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=8, deadline=None, derandomize=True,
                      suppress_health_check=list(hypothesis.HealthCheck),
                      phases=(hypothesis.Phase.explicit, hypothesis.Phase.generate))

@@ -155,6 +155,7 @@ def _interrupt(jax_cache, workdir, sig: int) -> subprocess.Popen:
   return process
 
 
+@pytest.mark.slow
 def test_sigkill_then_same_command_resumes_the_same_trajectory(uninterrupted, tmp_path,
                                                                jax_cache):
   killed = _interrupt(jax_cache, tmp_path, signal.SIGKILL)
@@ -172,6 +173,7 @@ def test_sigkill_then_same_command_resumes_the_same_trajectory(uninterrupted, tm
   jax.tree.map(np.testing.assert_array_equal, actual, expected)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_stops_and_resumes(uninterrupted, tmp_path, jax_cache):
   stopped = _interrupt(jax_cache, tmp_path, signal.SIGTERM)
   assert stopped.returncode == 75, stopped.log[-3000:]  # cli.EXIT_PREEMPTED
@@ -184,6 +186,7 @@ def test_sigterm_saves_stops_and_resumes(uninterrupted, tmp_path, jax_cache):
   assert read_results(tmp_path) == read_results(uninterrupted)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_loudly_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path,
                                                                   jax_cache):
   workdir = tmp_path / "run"
@@ -199,6 +202,7 @@ def test_nan_loss_stops_loudly_and_keeps_the_last_good_checkpoint(uninterrupted,
   assert tree_digest(workdir / "checkpoints") == before
 
 
+@pytest.mark.slow
 def test_workdir_of_another_architecture_is_refused(uninterrupted, tmp_path):
   from rap_flax.training import train_lib  # pylint: disable=g-import-not-at-top
   from rap_flax.weights import workdir as checkpoint  # pylint: disable=g-import-not-at-top
@@ -221,6 +225,7 @@ def test_missing_dataset_says_how_to_prepare_it(tmp_path):
     train_lib.train_and_evaluate(config, str(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_unknown_config_field_names_the_fix(tmp_path, jax_cache):
   result = run_train(jax_cache, tmp_path, "--config.wieght_decay=0", expect_ok=False)
   assert result.returncode != 0
@@ -252,6 +257,7 @@ _WITHOUT_TENSORFLOW = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_trains_without_tensorflow(tmp_path, jax_cache):
   result = subprocess.run(
       [sys.executable, "-c", _WITHOUT_TENSORFLOW,
@@ -323,6 +329,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device_on_the_same_global_batch(tmp_path, jax_cache):
   result = subprocess.run(
       [sys.executable, "-c", _EIGHT_DEVICES, str(DIGITS), *TINY, "--config.warmup_epochs=0",
@@ -349,6 +356,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_checkpoint(tmp_path, jax_cache):
   port = _free_port()
   args = ("--config.num_train_steps=6", "--config.checkpoint_every_steps=3",
@@ -373,6 +381,7 @@ def test_two_processes_train_and_checkpoint(tmp_path, jax_cache):
   assert evaluation["loss"] == pytest.approx(results["final"]["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_an_upstream_pth_keeps_the_backbone_and_reinitialises_the_classifier(
     tmp_path, jax_cache):
   """An upstream-layout 100-class MobileNetV1 (w0.25, CIFAR stem, SRAP) as .pth, fine-tuned on
@@ -409,6 +418,7 @@ def test_fine_tuning_from_an_upstream_pth_keeps_the_backbone_and_reinitialises_t
     np.testing.assert_array_equal(value, expected, err_msg=key)
 
 
+@pytest.mark.slow
 def test_resuming_wins_over_init_from(tmp_path, jax_cache):
   workdir = tmp_path / "run"
   run_train(jax_cache, workdir, "--config.num_train_steps=2")
