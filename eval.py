@@ -15,7 +15,7 @@ import sys
 from absl import flags
 
 from rap_flax import cli, weights
-from rap_flax.training import evaluate, metrics, parallel
+from rap_flax.training import evaluate, parallel
 
 FLAGS = flags.FLAGS
 cli.define_config_flag()
@@ -25,15 +25,20 @@ flags.DEFINE_string("weights", None, "Weights to evaluate instead of --workdir's
                     "a workdir, a converter directory, a .pth or .safetensors file.")
 flags.DEFINE_string("checkpoint", "best", '"best", "latest" or a step number (workdirs).')
 flags.DEFINE_string("output", None, "JSON output path (default: eval_<checkpoint>.json in the "
-                    "workdir, or beside the weights).")
+                    "workdir, or eval_<name>.json beside other weights).")
 parallel.define_distributed_flags()
 
 
 def _default_output(source: str) -> str:
+  """In the workdir for its checkpoints; beside any other weights (never inside a converter
+  directory, which holds exactly one model's files)."""
   if weights.is_workdir(source):
     return os.path.join(source, f"eval_{FLAGS.checkpoint}.json")
-  directory = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
-  return os.path.join(directory, f"eval_{os.path.basename(source.rstrip(os.sep))}.json")
+  step_directory = weights.workdir.step_directory(source)
+  if step_directory:
+    return os.path.join(step_directory[0], f"eval_{step_directory[1]}.json")
+  source = os.path.abspath(source).rstrip(os.sep)
+  return os.path.join(os.path.dirname(source), f"eval_{os.path.basename(source)}.json")
 
 
 def main(argv):
@@ -43,7 +48,6 @@ def main(argv):
   if not source:
     raise ValueError("Pass --workdir=WORKDIR (its checkpoints) or --weights=PATH.")
   config = cli.load_config()
-  metrics.quiet_library_logs()
   parallel.initialize_distributed_from_flags()
   result = evaluate.evaluate_checkpoint(config, source, FLAGS.checkpoint)
   step = f" (step {result['step']})" if result["step"] is not None else ""
@@ -56,6 +60,7 @@ def main(argv):
     print(f"error: could not write {output} ({error.strerror or error}); the numbers above are "
           "the result. Pass --output=PATH to write them elsewhere.", file=sys.stderr)
     sys.exit(cli.EXIT_USAGE)
+  print(f"Wrote {output}", flush=True)
 
 
 if __name__ == "__main__":

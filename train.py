@@ -7,14 +7,15 @@ weights with --config.init_from=PATH (a workdir, a converter directory, a .pth o
 .safetensors file). Multi-host: start one process per host with --coordinator_address,
 --num_processes and --process_id (or --multihost_auto on SLURM/MPI/TPU clusters).
 
-Exit codes: 0 done, 1 diverged (NaN/Inf loss), 2 bad input (the message says what to fix),
-75 stopped by SIGTERM after checkpointing (rerun the same command to resume).
+Exit codes: 0 done, 1 diverged (NaN/Inf loss), 2 bad input (the message says what to fix;
+also a full or read-only disk, or a workdir another trainer holds), 75 stopped by SIGTERM
+and 130 by Ctrl-C, after checkpointing (rerun the same command to resume).
 """
 
 from absl import flags, logging
 
 from rap_flax import cli
-from rap_flax.training import config_lib, metrics, parallel, train_lib
+from rap_flax.training import config_lib, parallel, train_lib
 
 FLAGS = flags.FLAGS
 cli.define_config_flag()
@@ -27,7 +28,6 @@ def main(argv):
   if len(argv) > 1:
     raise ValueError(f"Unexpected arguments: {argv[1:]}; flags take the form --name=value.")
   config = cli.load_config()
-  metrics.quiet_library_logs()
   parallel.initialize_distributed_from_flags()
   logging.info("Config (differences from the defaults):\n%s", config_lib.describe(config))
   train_lib.train_and_evaluate(config, FLAGS.workdir)

@@ -18,8 +18,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rap_flax import data, files, models, weights
-from rap_flax.training import metrics, train_lib
+from rap_flax import cli, data, files, models, weights
+from rap_flax.training import train_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -119,7 +119,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   matplotlib.use("Agg")
-  metrics.quiet_library_logs()
+  cli.quiet_library_logs()
   if FLAGS.workdir:
     render(FLAGS.config, FLAGS.workdir, FLAGS.output, FLAGS.num_images, FLAGS.dpi)
     return

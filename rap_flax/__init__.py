@@ -3,6 +3,7 @@
     import rap_flax
     model = rap_flax.create_model("mobilenetv3_large", num_classes=120, attention="srap")
     variables = rap_flax.load_variables("model_best.pth", model)   # or a workdir, ...
+    model, variables = rap_flax.load_model("/tmp/rap_flax_digits")  # a workdir knows its model
 
 The names below load on first use, so `import rap_flax` stays cheap.
 """
@@ -11,9 +12,11 @@ import importlib
 import os
 
 # TensorFlow (tf.data, clu's TensorBoard writer) announces its oneDNN kernels on stderr at
-# import, twice; the input pipelines gain nothing from them. A user's own setting wins.
+# import, twice; the input pipelines gain nothing from them. Its C++ warnings go too (a failed
+# event-file write prints 8 lines of them; the error itself is reported on one). A user's own
+# setting wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 _EXPORTS = {
     "ModelSpec": "rap_flax.spec",
@@ -21,6 +24,7 @@ _EXPORTS = {
     "from_config": "rap_flax.models",
     "list_models": "rap_flax.models",
     "list_attentions": "rap_flax.models",
+    "load_model": "rap_flax.weights",
     "load_variables": "rap_flax.weights",
 }
 __all__ = sorted(_EXPORTS)

@@ -7,3 +7,7 @@ uses it) can catch them without loading the training stack.
 
 class Preempted(Exception):
   """Training stopped early on SIGTERM after writing a checkpoint; rerun to resume."""
+
+
+class Interrupted(Preempted):
+  """Training stopped early on SIGINT (Ctrl-C) after writing a checkpoint; rerun to resume."""

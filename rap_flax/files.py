@@ -34,7 +34,9 @@ def atomic_output(path: str, overwrite: bool = True) -> Iterator[str]:
   try:
     yield tmp
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as error:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
+    if isinstance(error, OSError) and error.filename is None:  # a write: name the output
+      raise OSError(error.errno, error.strerror, path) from error
     raise

@@ -15,16 +15,25 @@ DATA_DIR (default: the tfds default, ~/tensorflow_datasets).
 Stanford Dogs images are decoded first, with the decoder training uses: undecodable ones are
 left out and listed (paths printed, and written to DATA_DIR/stanford_dogs_skipped.txt), or
 with --strict stop the preparation.
+
+A preparation cleans up after itself: tfds's temporary directories go, a failed one leaves no
+empty directories behind, and a rerun removes (and names) the DATA_DIR/<dataset>/incomplete.*
+that a killed run left. One preparation per dataset and DATA_DIR at a time (it holds
+DATA_DIR/.<dataset>.prepare.lock meanwhile).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tarfile
+import tempfile
+from typing import Iterator
 
-from absl import flags
+from absl import flags, logging
 
-from rap_flax import cli, files
+from rap_flax import cli, files, locks
 from rap_flax.data import catalog
 
 IMAGENET_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
@@ -54,6 +63,11 @@ def _check_imagenet_source(source: str) -> None:
 def prepare(dataset: str, source: str | None = None, data_dir: str | None = None,
             strict: bool = False):
   """Builds the tfds files of `dataset` in data_dir; returns (tfds builder, skipped images)."""
+  with _private_tempdir():
+    return _prepare(dataset, source, data_dir, strict)
+
+
+def _prepare(dataset: str, source: str | None, data_dir: str | None, strict: bool):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   from rap_flax.data import builders  # pylint: disable=g-import-not-at-top  # imports tfds
@@ -87,8 +101,68 @@ def prepare(dataset: str, source: str | None = None, data_dir: str | None = None
     builder = tfds.builder(dataset, data_dir=data_dir)
   if needs_source:
     download_config = tfds.download.DownloadConfig(manual_dir=os.path.abspath(source))
-  builder.download_and_prepare(download_config=download_config)
+  root = os.fspath(builder.data_dir_root)
+  in_use = (f"{dataset} is being prepared into {root} by another process ({{holder}}); wait "
+            "for it to finish.")
+  created = _new_directories(builder)
+  try:
+    with locks.DirectoryLock(root, f".{dataset}.prepare.lock", in_use):
+      _remove_incomplete(builder)
+      builder.download_and_prepare(download_config=download_config)
+  finally:
+    _remove_if_empty(created)
   return builder, skipped
+
+
+def _new_directories(builder) -> list[str]:
+  """The directories a preparation may create (DATA_DIR, downloads/extracted, the dataset's)
+  that do not exist yet, deepest first."""
+  root = os.fspath(builder.data_dir_root)
+  candidates = [os.path.join(root, "downloads", "extracted"), os.path.join(root, "downloads")]
+  path = os.path.dirname(os.fspath(builder.data_dir))
+  while len(path) > len(root):
+    candidates.append(path)
+    path = os.path.dirname(path)
+  return [path for path in candidates + [root] if not os.path.exists(path)]
+
+
+def _remove_if_empty(directories: list[str]) -> None:
+  for directory in directories:  # deepest first
+    with contextlib.suppress(OSError):  # not empty (or gone): kept
+      os.rmdir(directory)
+
+
+@contextlib.contextmanager
+def _private_tempdir() -> Iterator[None]:
+  """Points tempfile at a directory of this preparation's own, removed afterwards: tfds
+  leaves an empty /tmp/tmp*tfds behind at every builder it creates otherwise."""
+  previous = tempfile.tempdir
+  with tempfile.TemporaryDirectory(prefix="rap_flax_prepare_") as scratch:
+    tempfile.tempdir = scratch
+    try:
+      yield
+    finally:
+      tempfile.tempdir = previous
+
+
+def _remove_incomplete(builder) -> None:
+  """Removes what a killed preparation of this dataset left (tfds writes into incomplete.*
+  and renames it when complete; the lock says that no preparation is running now)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  parent = os.path.dirname(os.fspath(builder.data_dir))
+  if not os.path.isdir(parent):
+    return
+  for name in sorted(os.listdir(parent)):
+    if name.startswith(tfds.core.constants.INCOMPLETE_PREFIX):
+      path = os.path.join(parent, name)
+      size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
+      logging.info("Removed %s (%.1f MB), left by an interrupted preparation.", path,
+                   size / 1e6)
 
 
 def main(argv):

@@ -7,12 +7,14 @@ letting it be silently ignored.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
 from rap_flax import data
+from rap_flax import spec as spec_lib
 from rap_flax.config_fields import closest, flatten, load_recipe
 from rap_flax.models import registry
 from rap_flax.weights import workdir
@@ -105,33 +107,103 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"Config lacks field(s) {missing}. Build configs from "
         "rap_flax.training.config_lib.base_config() so that every field has a default.")
 
-  def check(ok: bool, message: str) -> None:
-    if not ok:
-      raise ValueError(message)
+  for name, allowed, test in _DOMAINS:
+    value = given[name]
+    if not _in_domain(value, test):
+      raise ValueError(f"Invalid --config.{name}={value!r}: allowed {allowed}.")
+  milestones = tuple(config.lr_milestones)
+  if not all(_in_domain(m, _non_negative) for m in milestones) or (
+      list(milestones) != sorted(milestones)):
+    raise ValueError(f"Invalid --config.lr_milestones={milestones}: allowed increasing "
+                     "epochs >= 0.")
+  if config.lr_schedule not in LR_SCHEDULES:
+    raise ValueError(f"lr_schedule={config.lr_schedule!r} is unknown; choose one of "
+                     f"{LR_SCHEDULES}.")
+  if config.model.dtype not in registry.DTYPES:
+    raise ValueError(f"model.dtype={config.model.dtype!r} is unknown; choose one of "
+                     f"{sorted(registry.DTYPES)}.")
+  if not (config.init_from_checkpoint in workdir.CHECKPOINT_CHOICES or
+          str(config.init_from_checkpoint).isdigit()):
+    raise ValueError(f"init_from_checkpoint={config.init_from_checkpoint!r}: use one of "
+                     f"{workdir.CHECKPOINT_CHOICES} or a step number.")
 
-  check(config.lr_schedule in LR_SCHEDULES,
-        f"lr_schedule={config.lr_schedule!r} is unknown; choose one of {LR_SCHEDULES}.")
-  check(config.model.dtype in registry.DTYPES,
-        f"model.dtype={config.model.dtype!r} is unknown; choose one of "
-        f"{sorted(registry.DTYPES)}.")
-  check(config.init_from_checkpoint in workdir.CHECKPOINT_CHOICES or
-        str(config.init_from_checkpoint).isdigit(),
-        f"init_from_checkpoint={config.init_from_checkpoint!r}: use one of "
-        f"{workdir.CHECKPOINT_CHOICES} or a step number.")
-  check(config.batch_size > 0 and config.eval_batch_size > 0,
-        "batch_size and eval_batch_size must be positive.")
-  check(config.num_train_steps > 0 or config.num_epochs > 0,
-        "Set num_epochs > 0 or num_train_steps > 0.")
-  check(0.0 <= config.label_smoothing < 1.0, "label_smoothing must be in [0, 1).")
-  check(config.warmup_epochs >= 0, "warmup_epochs must be >= 0.")
-  check(config.lr_schedule != "step" or config.lr_step_epochs > 0,
-        "lr_step_epochs must be > 0 for lr_schedule='step'.")
-  check(list(config.lr_milestones) == sorted(config.lr_milestones),
-        f"lr_milestones must be increasing, got {tuple(config.lr_milestones)}.")
-  check(config.keep_checkpoints >= 1, "keep_checkpoints must be >= 1.")
-  check(config.log_every_steps >= 1 and config.checkpoint_every_steps >= 1
-        and config.eval_every_epochs >= 1,
-        "log_every_steps, checkpoint_every_steps and eval_every_epochs must be >= 1.")
+
+def _positive(value) -> bool:
+  return value > 0
+
+
+def _non_negative(value) -> bool:
+  return value >= 0
+
+
+def _at_least_one(value) -> bool:
+  return value >= 1
+
+
+def _unset_or_at_least_one(value) -> bool:
+  return value is None or value >= 1
+
+
+def _fraction(value) -> bool:
+  return 0 <= value < 1
+
+
+def _in_domain(value, test) -> bool:
+  """`test(value)` for a finite number (None passes to `test`); NaN and inf never pass."""
+  if value is None:
+    return test(value)
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return False
+  return math.isfinite(value) and test(value)
+
+
+# Every numeric field's domain: (field, what is allowed, test). A value outside it is refused
+# before anything runs, naming the field, the value and this range.
+_DOMAINS = (
+    ("seed", ">= 0", _non_negative),
+    ("batch_size", ">= 1", _at_least_one),
+    ("eval_batch_size", ">= 1", _at_least_one),
+    ("num_epochs", "> 0 (fractions of an epoch too)", _positive),
+    ("num_train_steps", "-1 (train num_epochs) or >= 1", lambda v: v == -1 or v >= 1),
+    ("learning_rate", "> 0 (finite)", _positive),
+    ("momentum", "[0, 1)", _fraction),
+    ("weight_decay", ">= 0 (finite)", _non_negative),
+    ("label_smoothing", "[0, 1)", _fraction),
+    ("lr_step_epochs", ">= 1", _at_least_one),
+    ("lr_decay_factor", "(0, 1]", lambda v: 0 < v <= 1),
+    ("warmup_epochs", ">= 0 (finite)", _non_negative),
+    ("log_every_steps", ">= 1", _at_least_one),
+    ("eval_every_epochs", ">= 1", _at_least_one),
+    ("checkpoint_every_steps", ">= 1", _at_least_one),
+    ("keep_checkpoints", ">= 1", _at_least_one),
+    ("model.num_classes", "None (the dataset's classes) or >= 1", _unset_or_at_least_one),
+    ("model.width_multiplier", "> 0 (finite)", _positive),
+    ("data.image_size", "None (the dataset's size) or >= 1; the model's minimum is checked "
+     "with the dataset", _unset_or_at_least_one),
+    ("data.shuffle_buffer_size", ">= 0", _non_negative),
+    ("data.prefetch_batches", "-1 (tf.data.AUTOTUNE) or >= 0", lambda v: v >= -1),
+    ("data.synthetic_num_classes", ">= 1", _at_least_one),
+    ("data.synthetic_num_train", ">= 1", _at_least_one),
+    ("data.synthetic_num_eval", ">= 1", _at_least_one),
+)
+
+
+def smallest_image_size(model_spec: spec_lib.ModelSpec) -> int:
+  """The smallest square image `model_spec` accepts: 'std' pooling in a gate needs at least
+  two pixels, so the last gated unit's map must be 2x2, i.e. an image larger than the stride
+  product (each stride-2 layer makes ceil(size / 2)) up to that unit."""
+  if not (model_spec.gate.uses_pool_types and "std" in model_spec.pool_types):
+    return 1
+  plan = model_spec.plan()
+  stride, gated_stride = plan.init_stride, None
+  for stage in plan.stages:
+    for unit in stage:
+      stride *= unit.stride
+      if unit.gated:
+        gated_stride = stride
+  if plan.final_gate:
+    gated_stride = stride
+  return 1 if gated_stride is None else gated_stride + 1
 
 
 def model_for_dataset(config: ml_collections.ConfigDict, info: data.DatasetInfo):
@@ -142,4 +214,11 @@ def model_for_dataset(config: ml_collections.ConfigDict, info: data.DatasetInfo)
     raise ValueError(f"config.model.num_classes={model.model_spec.num_classes}, but "
                      f"{info.name!r} has {info.num_classes} classes; unset it (None: the "
                      "dataset's) or evaluate on a dataset with as many classes.")
+  smallest = smallest_image_size(model.model_spec)
+  if info.image_size < smallest:
+    raise ValueError(
+        f"Invalid --config.data.image_size={info.image_size}: allowed >= {smallest} for "
+        f"{model.model_spec.arch}{' with the CIFAR stem' if model.model_spec.cifar else ''} + "
+        f"{model.model_spec.attention}, whose 'std' pooling needs a 2x2 map after {smallest - 1}x "
+        "downsampling.")
   return model

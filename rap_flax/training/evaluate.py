@@ -59,8 +59,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, source: str,
   opened = weights.open_source(source, model, which)
   variables = jax.device_put(weights.exact_variables(opened),
                              parallel.replicated_sharding(mesh))
-  result: dict[str, Any] = {"source": opened.description, "checkpoint": which,
-                            "step": opened.step, "dataset": info.name}
+  result: dict[str, Any] = {"source": opened.description, "step": opened.step,
+                            "dataset": info.name}
+  if weights.is_workdir(source):  # best / latest / STEP mean nothing for other weights
+    result["checkpoint"] = which
   result.update(evaluate(make_eval_step(model, mesh), variables, config, mesh))
   logging.info("Evaluation of %s: top-1 %.2f%%, top-5 %.2f%%, loss %.4f on %d examples.",
                result["source"], 100 * result["top1"], 100 * result["top5"], result["loss"],

@@ -6,7 +6,6 @@ examples count nowhere and evaluation counts are exact across devices and hosts.
 
 # No `from __future__ import annotations`: clu reads the metric classes off __annotations__.
 
-import logging as std_logging
 import time
 from typing import Any, Mapping
 
@@ -50,14 +49,15 @@ def num_examples(metrics: Metrics) -> int:
   return int(metrics.loss.count)
 
 
-class _ConsoleWriter:
-  """Used when clu's writers cannot be imported (they need tensorflow and tensorboard)."""
+class _NoEvents:
+  """The writer of processes > 0, and where clu's writers cannot be imported (they need
+  tensorflow and tensorboard): the training log has the numbers."""
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    logging.info("[%d] %s", step, ", ".join(f"{k}={float(v):.6g}" for k, v in scalars.items()))
+    pass
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-    logging.info("Hyperparameters: %s", dict(hparams))
+    pass
 
   def flush(self) -> None:
     pass
@@ -67,14 +67,18 @@ class _ConsoleWriter:
 
 
 def create_writer(workdir: str):
-  """TensorBoard events in `workdir` plus the console (the console only on hosts > 0)."""
+  """TensorBoard events in `workdir`, from process 0. Not clu's default writer: its logging
+  half would repeat every metric (and the whole config, as hyperparameters) in the log,
+  which has its own readable lines."""
+  if jax.process_index() > 0:
+    return _NoEvents()
   try:
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
   except ImportError as error:
     logging.warning("No TensorBoard events (%s); install tensorflow and tensorboard for "
-                    "them. Metrics go to the console only.", error)
-    return _ConsoleWriter()
-  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+                    "them. Metrics go to the log only.", error)
+    return _NoEvents()
+  return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(workdir)])
 
 
 class Progress:
@@ -108,22 +112,3 @@ class Progress:
 
   def resume(self) -> None:
     self._last_time += time.monotonic() - self._pause_start
-
-
-class _DropLibraryInfo(std_logging.Filter):
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    if "/jax/_src/" in record.pathname:
-      # e.g. "Unable to initialize backend 'tpu'" on every machine without a TPU.
-      return record.levelno >= std_logging.WARNING
-    if "/orbax/" not in record.pathname:
-      return True
-    # Periodic checkpoints deliberately carry no validation metric (only those written after
-    # an evaluation do), which orbax would warn about at every save.
-    return (record.levelno >= std_logging.WARNING
-            and "did not provide metrics" not in record.getMessage())
-
-
-def quiet_library_logs() -> None:
-  """Keeps jax's and orbax's warnings but drops their INFO lines (backend probing; dozens of
-  lines per checkpoint save)."""
-  logging.get_absl_handler().addFilter(_DropLibraryInfo())

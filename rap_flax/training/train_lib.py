@@ -24,8 +24,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from rap_flax import data, files, weights
-from rap_flax.errors import Preempted
-from rap_flax.training import config_lib, evaluate, metrics, optim, parallel
+from rap_flax.errors import Interrupted, Preempted
+from rap_flax.training import config_lib, evaluate, metrics, optim, parallel, workdir_lock
 from rap_flax.training import train_state as train_state_lib
 from rap_flax.training.train_state import TrainState
 from rap_flax.weights.workdir import Checkpoints
@@ -72,35 +72,50 @@ def _divergence_error(step: int, what: str, last_good: int | None) -> FloatingPo
 
 
 class _Preemption:
-  """Tells whether this job was asked to stop (SIGTERM), consistently across hosts.
+  """Tells whether this job was asked to stop (SIGTERM, or SIGINT: Ctrl-C), consistently
+  across hosts.
 
-  A single process handles SIGTERM itself. With several processes, jax's preemption service
-  (started by jax.distributed.initialize) catches the signal on any host and picks a step at
-  which all hosts stop together.
+  A single process handles both signals itself; a second Ctrl-C stops at once. With several
+  processes, jax's preemption service (started by jax.distributed.initialize) catches
+  SIGTERM on any host and picks a step at which all hosts stop together; Ctrl-C there stops
+  at once, without a checkpoint.
   """
 
   def __init__(self):
-    self._signalled = False
+    self.signal: int | None = None
 
   @contextlib.contextmanager
   def installed(self) -> Iterator[_Preemption]:
     if jax.process_count() > 1:
       yield self
       return
-    previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
       yield self
     finally:
-      signal.signal(signal.SIGTERM, previous)
+      for s, handler in previous.items():
+        signal.signal(s, handler)
 
-  def _on_sigterm(self, signum, frame):  # pylint: disable=unused-argument
-    logging.warning("SIGTERM received: saving a checkpoint and stopping.")
-    self._signalled = True
+  def _on_signal(self, signum, frame):  # pylint: disable=unused-argument
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: stop now
+      logging.warning("Ctrl-C received: saving a checkpoint and stopping (Ctrl-C again to stop "
+                      "at once).")
+    else:
+      logging.warning("SIGTERM received: saving a checkpoint and stopping.")
+    self.signal = signum
 
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
       return multihost_utils.reached_preemption_sync_point(step)
-    return self._signalled
+    return self.signal is not None
+
+  def error(self, step: int, num_train_steps: int) -> Preempted:
+    if self.signal == signal.SIGINT:
+      return Interrupted(f"Stopped at step {step} of {num_train_steps} on Ctrl-C; checkpoint "
+                         "saved. Run the same command to resume.")
+    return Preempted(f"Stopped at step {step} of {num_train_steps} for preemption (SIGTERM); "
+                     "checkpoint saved. Run the same command to resume.")
 
 
 def _log_model_overview(state: TrainState, model, image_size: int, workdir: str) -> None:
@@ -155,10 +170,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   Writes TensorBoard events and checkpoints to `workdir` and, at the end, results.json with
   the final and best validation numbers. Returns the final train state; raises Preempted
-  when stopped by SIGTERM (after writing a checkpoint).
+  when stopped by SIGTERM (Interrupted on Ctrl-C) after writing a checkpoint, and
+  rap_flax.locks.LockedError while another trainer holds `workdir`.
   """
   config_lib.validate_config(config)
   workdir = os.path.abspath(files.expand(workdir))
+  with workdir_lock.hold(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   mesh = parallel.create_mesh()
   local_batch_size = parallel.per_host_batch_size(config.batch_size)
   parallel.per_host_batch_size(config.eval_batch_size, "eval_batch_size")
@@ -213,9 +234,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if final_eval is None:  # the last step was reached before this run: evaluate it
       final_eval = loop.evaluate(state, start_step)
     checkpoints.wait_until_finished()
+    best_step = checkpoints.best_step()
     evaluate.write_json(results_path, {
         "step": num_train_steps, "final": final_eval, "best_val_top1": loop.best_val_top1,
-        "best_step": checkpoints.best_step()})
+        "best_step": best_step})
+  logging.info("Done: best val top-1 %.2f%% (step %s), final %.2f%% (step %d); results in %s; "
+               "curves: tensorboard --logdir %s", 100 * loop.best_val_top1, best_step,
+               100 * final_eval["top1"], num_train_steps, results_path, workdir)
   return state
 
 
@@ -234,6 +259,8 @@ class _Loop:
     self.eval_step = evaluate.make_eval_step(model, mesh)
     self.batch_sharding = parallel.data_sharding(mesh)
     self._unchecked: tuple[int, metrics.Metrics] | None = None  # Loss not yet checked.
+    self._last_train_top1: float | None = None
+    self._noted_lagging_statistics = False
 
   def run(self, state: TrainState, train_iter) -> tuple[TrainState, dict[str, Any] | None]:
     """Trains to the last step; returns the state and the last evaluation (None if there
@@ -245,6 +272,9 @@ class _Loop:
     preemption = _Preemption()
     window: metrics.Metrics | None = None
     final_eval = None
+    logging.info("Checkpoints go to %s after every evaluation and every %d steps (the last %d "
+                 "and the best are kept).", self.checkpoints.directory,
+                 config.checkpoint_every_steps, config.keep_checkpoints)
     with preemption.installed():
       for step in range(start_step, self.num_train_steps):
         batch = parallel.make_global_batch(next(train_iter), self.batch_sharding)
@@ -262,6 +292,11 @@ class _Loop:
           self._check_loss()
           scalars = {f"train_{k}": v for k, v in metrics.to_floats(window).items()}
           scalars["learning_rate"] = float(self.learning_rate_fn(done - 1))
+          self._last_train_top1 = scalars["train_top1"]
+          logging.info("Step %d (epoch %.2f): train loss %.4f, top-1 %.2f%%, top-5 %.2f%%, "
+                       "learning rate %.4g", done, done / self.steps_per_epoch,
+                       scalars["train_loss"], 100 * scalars["train_top1"],
+                       100 * scalars["train_top5"], scalars["learning_rate"])
           self.writer.write_scalars(done, {**scalars, **progress(done)})
           window = None
 
@@ -271,13 +306,12 @@ class _Loop:
           self._save(state, val_top1=final_eval["top1"])
           progress.resume()
         elif done % config.checkpoint_every_steps == 0:
-          self._save(state)
+          self._save(state, announce=True)
 
         if preemption.reached(done):
-          self._save(state)
+          self._save(state, announce=True)
           self.checkpoints.wait_until_finished()
-          raise Preempted(f"Stopped at step {done} of {self.num_train_steps} for preemption "
-                          "(SIGTERM); checkpoint saved. Run the same command to resume.")
+          raise preemption.error(done, self.num_train_steps)
     return state, final_eval
 
   def evaluate(self, state: TrainState, step: int) -> dict[str, Any]:
@@ -290,6 +324,12 @@ class _Loop:
                  "(best top-1 %.2f%%).", step, step / self.steps_per_epoch,
                  100 * result["top1"], 100 * result["top5"], result["loss"],
                  100 * self.best_val_top1)
+    if not self._noted_lagging_statistics and (
+        result["top1"] < 0.5 * (self._last_train_top1 or 0.0)):
+      self._noted_lagging_statistics = True
+      logging.info("(Validation runs BatchNorm on its running statistics, which lag behind "
+                   "weights that still change fast, so early validation can trail training "
+                   "by far: see 'Early validation' in the README.)")
     return result
 
   def _check_loss(self) -> None:
@@ -300,12 +340,17 @@ class _Loop:
         raise _divergence_error(step, f"the loss is {loss}", self.checkpoints.latest_step())
       self._unchecked = None
 
-  def _save(self, state: TrainState, val_top1: float | None = None) -> None:
-    """Saves `state` after making sure that it is a good one (finite loss and variables)."""
+  def _save(self, state: TrainState, val_top1: float | None = None,
+            announce: bool = False) -> None:
+    """Saves `state` after making sure that it is a good one (finite loss and variables).
+    Saves after an evaluation go unannounced (the log said where checkpoints go)."""
     self._check_loss()
     if not bool(_all_finite(state.variables)):
       raise _divergence_error(int(jax.device_get(state.step)),
                               "the parameters became non-finite",
                               self.checkpoints.latest_step())
-    self.checkpoints.save(state, model_spec=self.model_spec, best_val_top1=self.best_val_top1,
-                          val_top1=val_top1)
+    saved = self.checkpoints.save(state, model_spec=self.model_spec,
+                                  best_val_top1=self.best_val_top1, val_top1=val_top1)
+    if saved and announce:
+      logging.info("Saving checkpoint at step %d to %s.", int(jax.device_get(state.step)),
+                   self.checkpoints.directory)

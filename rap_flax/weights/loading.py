@@ -4,11 +4,13 @@ evaluating) or those that fit (fine-tuning)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
+from rap_flax import files, models
 from rap_flax import spec as spec_lib
 from rap_flax.weights import keys
 from rap_flax.weights.formats import Source, WeightsSource, open_source
@@ -42,6 +44,28 @@ def load_variables(source: WeightsSource, model: spec_lib.ModelLike | None = Non
   them it may be left out. Anything missing, extra or mis-shaped is an error that lists it.
   """
   return exact_variables(open_source(source, model, checkpoint))
+
+
+def load_model(source: WeightsSource, checkpoint: str = "best", dtype="float32",
+               depthwise_implementation: str = "auto") -> tuple[Any, dict[str, Any]]:
+  """(model, variables) of a source that records its model: a training workdir (its
+  checkpoint "best", "latest" or a step number) or a directory written by `to-flax`.
+
+      model, variables = rap_flax.load_model("/tmp/rap_flax_digits")
+      logits = model.apply(variables, images_nhwc, train=False)
+
+  `dtype` and `depthwise_implementation` are those of `rap_flax.create_model` (compute only;
+  the weights are the same). A .pth or .safetensors file does not record its model: build it
+  with `create_model` and use `load_variables(source, model)`.
+  """
+  if isinstance(source, Mapping) or os.path.isfile(files.expand(os.fspath(source))):
+    raise ValueError(f"{'The state dict' if isinstance(source, Mapping) else source} does not "
+                     "record its model: build it with rap_flax.create_model(...) and call "
+                     "rap_flax.load_variables(source, model).")
+  opened = open_source(source, None, checkpoint)
+  model = models.create_model(opened.model_spec, dtype=dtype,
+                              depthwise_implementation=depthwise_implementation)
+  return model, exact_variables(opened)
 
 
 def exact_variables(opened: Source) -> dict[str, Any]:

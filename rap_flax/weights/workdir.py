@@ -90,21 +90,29 @@ def _quiet_orbax():
       logger.setLevel(level)
 
 
+def _closed_loop_error(error: BaseException | None) -> bool:
+  return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
 def _ignore_late_orbax_callbacks() -> None:
-  """After a failed read, orbax's still-pending reads complete into its closed event loop and
-  each reports "RuntimeError: Event loop is closed" as an unraisable exception (a traceback on
-  stderr, possibly at exit). The failure itself was already reported; those are dropped."""
-  previous = sys.unraisablehook
-  if getattr(previous, "drops_closed_loop_errors", False):
+  """After a failed read or write, orbax's still-pending tensorstore operations complete into
+  its closed event loop, and each reports "RuntimeError: Event loop is closed" (as an
+  unraisable exception after reads, through sys.excepthook after writes: a traceback on
+  stderr, possibly at exit). The failure itself reaches the caller; those are dropped."""
+  if getattr(sys.unraisablehook, "drops_closed_loop_errors", False):
     return
+  previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
 
-  def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed"):
-      previous(unraisable)
+  def unraisable_hook(unraisable):
+    if not _closed_loop_error(unraisable.exc_value):
+      previous_unraisable(unraisable)
 
-  hook.drops_closed_loop_errors = True
-  sys.unraisablehook = hook
+  def except_hook(kind, value, traceback):
+    if not _closed_loop_error(value):
+      previous_except(kind, value, traceback)
+
+  unraisable_hook.drops_closed_loop_errors = True
+  sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
 
 
 class Checkpoints:
@@ -116,9 +124,14 @@ class Checkpoints:
       raise NoCheckpointError(f"No checkpoints in {workdir}: it has no checkpoints/ directory. "
                               "Train first (python train.py --config=... --workdir=...).")
     self._read_only = read_only
+    if not read_only:
+      _ignore_late_orbax_callbacks()  # a failed save is reported once, by the caller
     policy = ocp.checkpoint_managers
     self._options = ocp.CheckpointManagerOptions(
         best_fn=_best_fn, best_mode="max", read_only=read_only, create=not read_only,
+        # A save cut short (a full disk, kill -9) leaves a temporary directory; the workdir
+        # lock guarantees that no other trainer is writing it.
+        cleanup_tmp_directories=not read_only,
         save_interval_steps=0 if read_only else 1,
         preservation_policy=policy.AnyPreservationPolicy([
             policy.LatestN(n=keep),
@@ -193,17 +206,18 @@ class Checkpoints:
                                  "be read; start from a fresh --workdir.")
 
   def save(self, state: Any, *, model_spec: spec_lib.ModelSpec,
-           best_val_top1: float | None, val_top1: float | None = None) -> None:
-    """Starts an asynchronous save of `state` at its step; `val_top1` if just evaluated."""
+           best_val_top1: float | None, val_top1: float | None = None) -> bool:
+    """Starts an asynchronous save of `state` at its step (`val_top1`: if just evaluated);
+    False if that step is saved already."""
     step = int(jax.device_get(state.step))
     if step in self._manager.all_steps():
-      return
+      return False
     self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)),
         metrics=None if val_top1 is None else {METRIC: float(val_top1)},
         custom_metadata={"model": model_spec.to_dict(), "best_val_top1": best_val_top1},
         force=True)
-    logging.info("Saving checkpoint at step %d to %s.", step, self.directory)
+    return True
 
   def _check_model(self, step: int, model_spec: spec_lib.ModelSpec) -> dict[str, Any]:
     metadata = self._metadata(step)
