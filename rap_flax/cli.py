@@ -212,7 +212,8 @@ def disk_error_message(error: BaseException) -> str | None:
         continue
       path = _path_in(text)
     path = _readable_path(os.fspath(path)) if path else None
-    where = f"cannot write {path}" if path else "a write failed"
+    verb = "access" if code in (errno.EACCES, errno.EPERM) else "write"  # may be a read
+    where = f"cannot {verb} {path}" if path else f"cannot {verb} a file"
     return (f"{where}: {_DISK_ERRNOS[code]}. Files written before are kept; "
             f"{_DISK_FIX[code]}.")
   return None

@@ -26,13 +26,13 @@ def hold(workdir: str) -> Iterator[None]:
   if jax.process_index() == 0:
     try:
       lock.acquire()
-    except locks.LockedError as locked:
-      error = locked
+    except Exception as failed:  # pylint: disable=broad-except  # the others must hear of it
+      error = failed
   if jax.process_count() > 1:
     taken = multihost_utils.broadcast_one_to_all(np.int32(error is None))
     if error is None and not taken:
       error = locks.LockedError(f"Process 0 could not take the lock of {workdir}; its log "
-                                "names the trainer holding it.")
+                                "says why.")
   if error is not None:
     raise error
   try:

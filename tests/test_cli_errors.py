@@ -1,0 +1,53 @@
+"""rap_flax.cli's reading of disk errors: the path and the cause, however the library that
+failed reports them (an errno, TensorFlow's or tensorstore's text, a chain of causes)."""
+
+import errno
+
+import pytest
+
+from rap_flax import cli
+
+
+def _chained(inner: BaseException, outer: BaseException) -> BaseException:
+  try:
+    try:
+      raise inner
+    except BaseException as error:
+      raise outer from error
+  except BaseException as error:  # pylint: disable=broad-except
+    return error
+
+
+@pytest.mark.parametrize("error, path, cause", [
+    (OSError(errno.EDQUOT, "Disk quota exceeded", "/home/u/run/results.json"),
+     "/home/u/run/results.json", "Disk quota exceeded"),
+    (OSError(errno.EROFS, "Read-only file system", "/mnt/ro/run"), "/mnt/ro/run",
+     "Read-only file system"),
+    (PermissionError(errno.EACCES, "Permission denied", "/data/tfds/downloads"),
+     "/data/tfds/downloads", "Permission denied"),
+    # tensorstore through orbax: a ValueError whose text holds the cause, on a temporary path
+    (ValueError('RESOURCE_EXHAUSTED: Error writing "params.x/0" in OCDBT database at local '
+                'file "/w/checkpoints/4.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/'
+                'ocdbt.process_0/": Failed writing: "/w/checkpoints/4.orbax-checkpoint-tmp/'
+                'state.orbax-checkpoint-tmp/ocdbt.process_0/d/3aeb": Failed to write 585979 '
+                "bytes to file 5: No space left on device [os_error_code='28']"),
+     "/w/checkpoints/4", "No space left on device"),
+    # TensorFlow's event writer (tf.errors.PermissionDeniedError carries no errno)
+    (RuntimeError("/w/events.out.tfevents.17.vm.1.0.v2; Read-only file system\n\tCreating "
+                  "writable file /w/events.out.tfevents.17.vm.1.0.v2"),
+     "/w/events.out.tfevents.17.vm.1.0.v2", "Read-only file system"),
+    (_chained(OSError(errno.ENOSPC, "No space left on device", "/w/parameters.txt"),
+              RuntimeError("saving failed")), "/w/parameters.txt", "No space left on device"),
+], ids=["quota", "read_only", "permission", "tensorstore", "tensorflow", "chained"])
+def test_a_disk_error_is_one_line_with_the_path_and_the_cause(error, path, cause):
+  message = cli.disk_error_message(error)
+  verb = "access" if cause == "Permission denied" else "write"
+  assert message.startswith(f"cannot {verb} {path}: {cause}. Files written before are kept; ")
+  assert "\n" not in message
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOENT, "No such file or directory", "/x"), ValueError("bad rates"),
+    RuntimeError("Event loop is closed")])
+def test_other_errors_are_not_disk_errors(error):
+  assert cli.disk_error_message(error) is None
