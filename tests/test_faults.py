@@ -240,6 +240,7 @@ def _start_and_wait_for_the_loop(jax_cache, workdir, *overrides) -> subprocess.P
   raise AssertionError("".join(process.log)[-3000:])
 
 
+@pytest.mark.slow
 def test_a_second_trainer_is_refused_and_the_first_finishes_with_its_own_results(tmp_path,
                                                                                  jax_cache):
   workdir = tmp_path / "run"
@@ -263,6 +264,7 @@ def test_a_second_trainer_is_refused_and_the_first_finishes_with_its_own_results
   assert not (workdir / "train.lock").exists()
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_trainer_does_not_block_the_next_run(tmp_path, jax_cache):
   workdir = tmp_path / "run"
   killed = _start_and_wait_for_the_loop(jax_cache, workdir, "--config.num_train_steps=200")
@@ -278,6 +280,7 @@ def test_a_lock_left_by_a_killed_trainer_does_not_block_the_next_run(tmp_path, j
 # ------------------------------------------------------------------------------ Ctrl-C
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130_without_a_traceback(uninterrupted, tmp_path,
                                                                      jax_cache):
   stopped = _interrupt(jax_cache, tmp_path, signal.SIGINT)
@@ -351,6 +354,7 @@ def _read_only(*directories) -> str:
 
 
 @needs_namespaces
+@pytest.mark.slow
 def test_a_read_only_workdir_is_one_line_and_its_checkpoints_still_evaluate(
     uninterrupted, tmp_path, jax_cache):
   empty, finished = tmp_path / "empty", tmp_path / "finished"
@@ -471,6 +475,7 @@ def test_a_missing_required_flag_is_a_usage_error(jax_cache):
       "(--help lists the flags)"]
 
 
+@pytest.mark.slow
 def test_the_converter_prints_its_result_and_little_else(uninterrupted, tmp_path, jax_cache):
   env = subprocess_env(jax_cache)
   del env["JAX_PLATFORMS"]  # let jax probe its backends (the libtpu line), as for a user
@@ -484,6 +489,7 @@ def test_the_converter_prints_its_result_and_little_else(uninterrupted, tmp_path
   assert result.stdout.startswith(f"Converted {uninterrupted} (step {RESUME_STEPS}) -> {output}")
 
 
+@pytest.mark.slow
 def test_eval_of_a_converter_directory_writes_beside_it_and_says_where(uninterrupted, tmp_path,
                                                                        jax_cache):
   from rap_flax import weights  # pylint: disable=g-import-not-at-top
@@ -504,6 +510,7 @@ def test_eval_of_a_converter_directory_writes_beside_it_and_says_where(uninterru
   assert step == RESUME_STEPS
 
 
+@pytest.mark.slow
 def test_load_model_returns_the_workdirs_model_and_variables(uninterrupted):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import rap_flax  # pylint: disable=g-import-not-at-top
