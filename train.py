@@ -28,6 +28,7 @@ def main(argv):
   if len(argv) > 1:
     raise ValueError(f"Unexpected arguments: {argv[1:]}; flags take the form --name=value.")
   config = cli.load_config()
+  config_lib.validate_config(config)  # a bad value is one line, before anything is printed
   parallel.initialize_distributed_from_flags()
   logging.info("Config (differences from the defaults):\n%s", config_lib.describe(config))
   train_lib.train_and_evaluate(config, FLAGS.workdir)
