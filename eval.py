@@ -2,11 +2,14 @@
 
   python eval.py --config=configs/digits_srap.py --workdir=/tmp/digits [--checkpoint=latest]
   python eval.py --config=configs/dogs_srap.py --weights=model_best.pth
+  python eval.py --config=configs/digits_srap.py --weights=model_int8.onnx
 
 --weights is anything rap_flax.load_variables reads (a training workdir, a converter
-directory, a .pth or .safetensors file; default: --workdir). --checkpoint picks the step of a
-workdir: "best" (default; highest validation top-1), "latest", or a step number; an
-unreadable best/latest step is skipped for the newest readable one.
+directory, a .pth or .safetensors file; default: --workdir), or an .onnx graph written by
+`python -m rap_flax.convert to-onnx` (float32 or int8), which onnxruntime runs on the CPU.
+--checkpoint picks the step of a workdir: "best" (default; highest validation top-1),
+"latest", or a step number; an unreadable best/latest step is skipped for the newest
+readable one.
 """
 
 import os
@@ -22,7 +25,8 @@ cli.define_config_flag()
 flags.DEFINE_string("workdir", None, "Training workdir (its checkpoints are evaluated, and the "
                     "JSON goes there).")
 flags.DEFINE_string("weights", None, "Weights to evaluate instead of --workdir's checkpoints: "
-                    "a workdir, a converter directory, a .pth or .safetensors file.")
+                    "a workdir, a converter directory, a .pth or .safetensors file, or an .onnx "
+                    "graph (run by onnxruntime).")
 flags.DEFINE_string("checkpoint", "best", '"best", "latest" or a step number (workdirs).')
 flags.DEFINE_string("output", None, "JSON output path (default: eval_<checkpoint>.json in the "
                     "workdir, or eval_<name>.json beside other weights).")
@@ -49,7 +53,10 @@ def main(argv):
     raise ValueError("Pass --workdir=WORKDIR (its checkpoints) or --weights=PATH.")
   config = cli.load_config()
   parallel.initialize_distributed_from_flags()
-  result = evaluate.evaluate_checkpoint(config, source, FLAGS.checkpoint)
+  if source.endswith(".onnx"):
+    result = evaluate.evaluate_onnx(config, source)
+  else:
+    result = evaluate.evaluate_checkpoint(config, source, FLAGS.checkpoint)
   step = f" (step {result['step']})" if result["step"] is not None else ""
   print(f"top1={100 * result['top1']:.2f}% top5={100 * result['top5']:.2f}% "
         f"loss={result['loss']:.4f} examples={result['num_examples']}{step}", flush=True)

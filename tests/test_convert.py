@@ -227,3 +227,32 @@ def test_onnx_cli_refuses_a_wrong_suffix(tmp_path):
   result = run_cli("to-onnx", f"--input={orbax_dir}", f"--output={tmp_path / 'model.pb'}")
   assert result.returncode == 2 and "ends in .onnx" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_onnx_of_a_workdir_takes_the_image_size_it_was_trained_at(tmp_path, trained_tiny):
+  """No --image_size: the workdir's recorded config (16px) sets the graph's input size."""
+  ort = pytest.importorskip("onnxruntime")
+  output = tmp_path / "from_workdir.onnx"
+  result = run_cli("to-onnx", f"--input={trained_tiny}", f"--output={output}",
+                   "--checkpoint=latest")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "16px" in result.stdout
+  session = ort.InferenceSession(str(output))
+  assert session.get_inputs()[0].shape[1:] == [3, 16, 16]
+  images = np.random.default_rng(0).uniform(size=(2, 16, 16, 3)).astype(np.float32)
+  (logits,) = session.run(None, {"images": images.transpose(0, 3, 1, 2)})
+  variables = weights.load_variables(str(trained_tiny), checkpoint="latest")
+  model_spec = weights.open_source(str(trained_tiny), None, "latest").model_spec
+  golden.assert_logits_close(logits, _flax_logits(models.create_model(model_spec), variables,
+                                                  images))
+
+
+def test_a_workdir_records_the_config_it_was_trained_with(trained_tiny):
+  from rap_flax.training import config_lib  # pylint: disable=g-import-not-at-top
+  from tests.test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  recorded = config_lib.flatten(config_lib.recorded_config(str(trained_tiny)))
+  expected = config_lib.flatten(tiny_config(**{"num_train_steps": 4,
+                                               "model.attention": "srap"}))
+  assert recorded == expected
+  assert all(type(recorded[k]) is type(v) for k, v in expected.items())  # pylint: disable=unidiomatic-typecheck
+  assert config_lib.recorded_config(str(trained_tiny / "checkpoints")) is None

@@ -66,10 +66,12 @@ def random_shift(images: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
 def build(data_config) -> in_memory.ArrayDataset:
   image_size = data_config.image_size or DEFAULT_IMAGE_SIZE
   train_x, train_y, eval_x, eval_y = _load(int(image_size))
-  info = config.DatasetInfo("digits", NUM_CLASSES, len(train_y), len(eval_y), int(image_size))
+  train, evaluation = in_memory.named_splits(
+      data_config, "digits", in_memory.ArraySplit(len(train_y), _take_fn(train_x, train_y)),
+      in_memory.ArraySplit(len(eval_y), _take_fn(eval_x, eval_y)))
+  info = config.DatasetInfo("digits", NUM_CLASSES, train.num_examples, evaluation.num_examples,
+                          int(image_size))
   return in_memory.ArrayDataset(
-      info=info,
-      train=in_memory.ArraySplit(len(train_y), _take_fn(train_x, train_y)),
-      eval=in_memory.ArraySplit(len(eval_y), _take_fn(eval_x, eval_y)),
+      info=info, train=train, eval=evaluation,
       augment=random_shift,
       num_augment_draws=2)

@@ -24,6 +24,25 @@ class ArraySplit:
   take: TakeFn
 
 
+SPLIT_NAMES = ("train", "validation")
+
+
+def named_splits(data_config, dataset: str, train: ArraySplit,
+                 validation: ArraySplit) -> tuple[ArraySplit, ArraySplit]:
+  """(train, eval) as config.data.train_split / eval_split name them ("" = the default):
+  e.g. eval_split="train" evaluates, or calibrates an int8 export on, the training images
+  without their augmentation."""
+  splits = dict(zip(SPLIT_NAMES, (train, validation)))
+  chosen = []
+  for field, default in (("train_split", "train"), ("eval_split", "validation")):
+    name = data_config[field] or default
+    if name not in splits:
+      raise ValueError(f"config.data.{field}={name!r}: {dataset} has the splits "
+                       f"{', '.join(SPLIT_NAMES)}.")
+    chosen.append(splits[name])
+  return chosen[0], chosen[1]
+
+
 @dataclasses.dataclass(frozen=True)
 class ArrayDataset:
   info: config.DatasetInfo

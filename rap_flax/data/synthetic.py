@@ -31,8 +31,10 @@ def build(data_config) -> in_memory.ArrayDataset:
     raise ValueError(
         "synthetic needs synthetic_num_classes, synthetic_num_train and synthetic_num_eval >= 1, "
         f"got {num_classes}, {num_train}, {num_eval}.")
-  info = config.DatasetInfo("synthetic", num_classes, num_train, num_eval, image_size)
-  return in_memory.ArrayDataset(
-      info=info,
-      train=in_memory.ArraySplit(num_train, _take_fn(0, image_size, num_classes)),
-      eval=in_memory.ArraySplit(num_eval, _take_fn(1, image_size, num_classes)))
+  train, evaluation = in_memory.named_splits(
+      data_config, "synthetic",
+      in_memory.ArraySplit(num_train, _take_fn(0, image_size, num_classes)),
+      in_memory.ArraySplit(num_eval, _take_fn(1, image_size, num_classes)))
+  info = config.DatasetInfo("synthetic", num_classes, train.num_examples, evaluation.num_examples,
+                          image_size)
+  return in_memory.ArrayDataset(info=info, train=train, eval=evaluation)

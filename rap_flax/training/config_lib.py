@@ -7,7 +7,10 @@ letting it be silently ignored.
 
 from __future__ import annotations
 
+import ast
+import glob
 import math
+import os
 from typing import Any
 
 import ml_collections
@@ -222,3 +225,49 @@ def model_for_dataset(config: ml_collections.ConfigDict, info: data.DatasetInfo)
         f"{model.model_spec.attention}, whose 'std' pooling needs a 2x2 map after {smallest - 1}x "
         "downsampling.")
   return model
+
+
+def recorded_config(directory: str) -> ml_collections.ConfigDict | None:
+  """The config that train.py started the workdir `directory` with, read back from the
+  TensorBoard hparams it records there (flattened, non-scalars as their repr); None when
+  there is no such record."""
+  # TensorBoard's own record reader: reading one record is not worth importing tensorflow.
+  from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  from tensorboard.compat.tensorflow_stub import errors, pywrap_tensorflow  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.hparams import metadata  # pylint: disable=g-import-not-at-top
+
+  event_files = sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*")),
+                       key=os.path.getmtime, reverse=True)  # a resumed run records none
+  for path in event_files:
+    reader = pywrap_tensorflow.PyRecordReader_New(path)
+    while True:
+      try:
+        reader.GetNext()
+      except (errors.OutOfRangeError, errors.DataLossError):
+        break  # the end, or a record cut short by a killed run
+      for value in event_pb2.Event.FromString(reader.record()).summary.value:
+        if (value.tag == metadata.SESSION_START_INFO_TAG
+            and value.metadata.plugin_data.plugin_name == metadata.PLUGIN_NAME):
+          start = metadata.parse_session_start_info_plugin_data(
+              value.metadata.plugin_data.content)
+          return _from_flat({name: getattr(v, v.WhichOneof("kind"))
+                             for name, v in start.hparams.items()})
+  return None
+
+
+def _from_flat(flat: dict[str, Any]) -> ml_collections.ConfigDict:
+  config = base_config()
+  for name, value in flat.items():
+    *parents, leaf = name.split(".")
+    node = config
+    for parent in parents:
+      node = node.get(parent)
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      continue  # a field this version no longer has
+    field_type = node.get_ref(leaf).get_type()
+    if isinstance(value, str) and (field_type is not str or value == "None"):
+      value = ast.literal_eval(value)  # "(100, 150)", "None": written as their repr
+    elif field_type is int and isinstance(value, float):
+      value = int(value)  # TensorBoard stores every number as a double
+    node[leaf] = value
+  return config

@@ -1,4 +1,5 @@
-"""Evaluation over a whole split: during training, and of a saved (orbax or PyTorch) checkpoint.
+"""Evaluation over a whole split: during training, of a saved (orbax or PyTorch) checkpoint,
+and of an exported ONNX graph (onnxruntime).
 
 BatchNorm runs on its running statistics (train=False), which are identical on every device
 because the state is replicated and was updated from global-batch statistics.
@@ -11,6 +12,7 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
@@ -64,10 +66,50 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, source: str,
   if weights.is_workdir(source):  # best / latest / STEP mean nothing for other weights
     result["checkpoint"] = which
   result.update(evaluate(make_eval_step(model, mesh), variables, config, mesh))
+  _log(result)
+  return result
+
+
+def evaluate_onnx(config: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
+  """evaluate_checkpoint for an exported graph (`python -m rap_flax.convert to-onnx`, float32
+  or int8), run by onnxruntime on the CPU: the same metrics over the same eval split."""
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+
+  config_lib.validate_config(config)
+  info = data.get_dataset_info(config.data)
+  try:
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+  except Exception as error:  # onnxruntime raises its own types for unreadable graphs
+    raise ValueError(f"onnxruntime cannot load {path} ({' '.join(str(error).split())[:200]})."
+                     ) from error
+  (images,), (logits,) = session.get_inputs(), session.get_outputs()
+  size, classes = images.shape[2:], logits.shape[-1]
+  if all(isinstance(d, int) for d in size) and list(size) != [info.image_size] * 2:
+    raise ValueError(f"{path} takes {size[0]}x{size[1]} images, but config.data gives "
+                     f"{info.image_size}x{info.image_size}: pass --config.data.image_size="
+                     f"{size[0]}, or export again at --image_size={info.image_size}.")
+  if isinstance(classes, int) and classes != info.num_classes:
+    raise ValueError(f"{path} has {classes} outputs, but {info.name!r} has {info.num_classes} "
+                     "classes: pass the --config of the run it was exported from.")
+  batch_metrics = jax.jit(lambda logits, labels, mask: metrics.Metrics.single_from_model_output(
+      mask=mask, **metrics.per_example_outputs(logits, labels)))
+
+  def eval_step(_, batch) -> metrics.Metrics:
+    (batch_logits,) = session.run(
+        None, {images.name: np.asarray(batch["image"]).transpose(0, 3, 1, 2)})
+    return batch_metrics(batch_logits, batch["label"], batch["mask"])
+
+  result: dict[str, Any] = {"source": path, "checkpoint": None, "step": None,
+                            "dataset": info.name}
+  result.update(evaluate(eval_step, None, config, parallel.create_mesh()))
+  _log(result)
+  return result
+
+
+def _log(result: dict[str, Any]) -> None:
   logging.info("Evaluation of %s: top-1 %.2f%%, top-5 %.2f%%, loss %.4f on %d examples.",
                result["source"], 100 * result["top1"], 100 * result["top5"], result["loss"],
                result["num_examples"])
-  return result
 
 
 def write_json(path: str, values: dict[str, Any]) -> None:
