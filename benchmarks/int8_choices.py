@@ -4,8 +4,8 @@ Trains the models it measures on the digits demo (each in its own train.py proce
 finished workdir under --workdirs is reused), exports each to float32 ONNX at its training
 size, quantizes it with each recipe (rap_flax.pytorch.quantize, the converter's own code, on
 the same calibration images), and evaluates every graph with onnxruntime over the whole eval
-split: top-1, top-1 agreement with float32 and file size; then RECIPE with 1 to 30
-calibration batches. MobileNetV3-large + SRAP at 224 with random weights adds the file sizes
+split: top-1, top-1 agreement with float32, logit error and file size; then RECIPE with 1 to
+30 calibration batches. MobileNetV3-large + SRAP at 224 with random weights adds the file sizes
 at full scale.
 
   python benchmarks/int8_choices.py [--workdirs=DIR] [--models=demo,v1_32px,v3small_32px]
@@ -27,11 +27,12 @@ import time
 import numpy as np
 
 import harness
+import onnx_deploy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from rap_flax import data, models, spec, weights  # noqa: E402  pylint: disable=g-import-not-at-top
+from rap_flax import data, models, weights  # noqa: E402  pylint: disable=g-import-not-at-top
 from rap_flax.pytorch import onnx_export, quantize  # noqa: E402  pylint: disable=g-import-not-at-top
 from rap_flax.training import config_lib, evaluate  # noqa: E402  pylint: disable=g-import-not-at-top
 
@@ -45,33 +46,30 @@ MODELS = {
                      "--config.model.arch=mobilenetv3_small",
                      "--config.model.width_multiplier=0.5"),
 }
-V3_LARGE = ("--config.model.arch=mobilenetv3_large", "--config.model.width_multiplier=1.0",
-            "--config.model.cifar=False", "--config.data.image_size=224")
 _EVERY_OP = None
 _CONV_GEMM = ("Conv", "Gemm")
-_BETWEEN = ("Relu", "Clip", "Add", "Mul", "Concat", "GlobalAveragePool")
+_BETWEEN = quantize.BETWEEN_OPS
 _GATES = quantize.GATE_SCOPES
+_CHOSEN = quantize.RECIPE
 RECIPES = {
-    "S8S8 Conv+Gemm": quantize.Recipe(_CONV_GEMM, activations="int8"),
-    "S8S8 Conv+Gemm, no pre-processing": quantize.Recipe(_CONV_GEMM, activations="int8",
-                                                         preprocess=False),
-    "U8S8 Conv+Gemm": quantize.Recipe(_CONV_GEMM),
-    "U8S8 Conv+Gemm, per-channel": quantize.Recipe(_CONV_GEMM, per_channel=True),
-    "U8S8 Conv+Gemm+between, per-channel": quantize.Recipe(_CONV_GEMM + _BETWEEN,
-                                                           per_channel=True),
-    "RECIPE: same, gates' between ops float": quantize.RECIPE,
-    "same, per-tensor": dataclasses.replace(quantize.RECIPE, per_channel=False),
-    "same, gates all float": dataclasses.replace(
-        quantize.RECIPE, keep_float=tuple((scope, None) for scope in _GATES)),
-    "same, classifier float": dataclasses.replace(
-        quantize.RECIPE, keep_float=quantize.RECIPE.keep_float + (("/classifier/", None),)),
-    "same + TopK": dataclasses.replace(quantize.RECIPE, op_types=quantize.RECIPE.op_types
-                                       + ("TopK",)),
-    "same + HardSwish": dataclasses.replace(quantize.RECIPE, op_types=quantize.RECIPE.op_types
-                                            + ("HardSwish",)),
-    "same + Sigmoid": dataclasses.replace(quantize.RECIPE, op_types=quantize.RECIPE.op_types
-                                          + ("Sigmoid",)),
-    "U8S8 every op, per-channel": quantize.Recipe(_EVERY_OP, per_channel=True),
+    "S8S8, Conv+Gemm": quantize.Recipe(_CONV_GEMM, activations="int8"),
+    "S8S8, Conv+Gemm, no pre-processing": quantize.Recipe(_CONV_GEMM, activations="int8",
+                                                          preprocess=False),
+    "U8S8, Conv+Gemm": quantize.Recipe(_CONV_GEMM),
+    "U8S8, Conv+Gemm, per-channel": quantize.Recipe(_CONV_GEMM, per_channel=True),
+    "U8S8, Conv+Gemm+between ops, per-channel": quantize.Recipe(_CONV_GEMM + _BETWEEN,
+                                                                per_channel=True),
+    "chosen (quantize.RECIPE): the same, gates' between ops float": _CHOSEN,
+    "chosen, per-tensor": dataclasses.replace(_CHOSEN, per_channel=False),
+    "chosen, gates all float": dataclasses.replace(
+        _CHOSEN, keep_float=tuple((scope, None) for scope in _GATES)),
+    "chosen, classifier float": dataclasses.replace(
+        _CHOSEN, keep_float=_CHOSEN.keep_float + (("/classifier/", None),)),
+    "chosen + TopK": dataclasses.replace(_CHOSEN, op_types=_CHOSEN.op_types + ("TopK",)),
+    "chosen + HardSwish": dataclasses.replace(_CHOSEN, op_types=_CHOSEN.op_types
+                                              + ("HardSwish",)),
+    "chosen + Sigmoid": dataclasses.replace(_CHOSEN, op_types=_CHOSEN.op_types + ("Sigmoid",)),
+    "U8S8, every op, per-channel": quantize.Recipe(_EVERY_OP, per_channel=True),
 }
 CALIBRATION_SWEEP = (1, 3, 10, 30)
 
@@ -124,14 +122,14 @@ def measure_model(name: str, workdir: str, scratch: str, batches: int) -> dict:
             "float32": measure(config, float_path, reference, images), "recipes": {},
             "calibration_batches": {}}
   print(f"{name}: float32 top-1 {100 * result['float32']['top1']:.2f}%", flush=True)
+  path = os.path.join(scratch, f"{name}_int8.onnx")
+  first = lambda count: calibration[:count * quantize.CALIBRATION_BATCH_SIZE]
   for recipe_name, recipe in RECIPES.items():
-    path = os.path.join(scratch, f"{name}_int8.onnx")
-    quantize.quantize_static(float_path, path, calibration[:batches * quantize.CALIBRATION_BATCH_SIZE], recipe)
+    quantize.quantize_static(float_path, path, first(batches), recipe)
     result["recipes"][recipe_name] = measure(config, path, reference, images)
     print(f"  {recipe_name}: {result['recipes'][recipe_name]}", flush=True)
   for count in CALIBRATION_SWEEP:
-    path = os.path.join(scratch, f"{name}_int8.onnx")
-    quantize.quantize_static(float_path, path, calibration[:count * quantize.CALIBRATION_BATCH_SIZE], quantize.RECIPE)
+    quantize.quantize_static(float_path, path, first(count), quantize.RECIPE)
     result["calibration_batches"][count] = measure(config, path, reference, images)
     print(f"  RECIPE, {count} calibration batches: {result['calibration_batches'][count]}",
           flush=True)
@@ -143,9 +141,7 @@ def v3_large_sizes(scratch: str) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   from rap_flax.pytorch import models as torch_models  # pylint: disable=g-import-not-at-top
 
-  config = config_lib.load_recipe(CONFIG)
-  config.model.update(arch="mobilenetv3_large", width_multiplier=1.0, cifar=False)
-  config.data.image_size = 224
+  config = onnx_deploy.v3_large_config()
   model_spec = models.spec_from_config(config, data.num_classes(config.data))
   torch.manual_seed(0)
   variables = weights.load_variables(torch_models.create_model(model_spec).state_dict(),
@@ -154,7 +150,8 @@ def v3_large_sizes(scratch: str) -> dict:
   onnx_export.export_for_run(variables, model_spec, float_path, config)
   calibration = quantize.calibration_images(config.data, 2)
   float_megabytes = os.path.getsize(float_path) / 1e6
-  sizes = {"overrides": list(V3_LARGE), "float32_megabytes": float_megabytes, "recipes": {}}
+  sizes = {"overrides": list(onnx_deploy.V3_LARGE), "float32_megabytes": float_megabytes,
+           "recipes": {}}
   for recipe_name, recipe in RECIPES.items():
     path = os.path.join(scratch, "v3large_int8.onnx")
     quantize.quantize_static(float_path, path, calibration, recipe)
@@ -181,6 +178,22 @@ def main(argv=None) -> None:
     report["v3_large_224_random"] = v3_large_sizes(scratch)
   report["wall_s"] = time.perf_counter() - start
   harness.write_report(args.output, report)
+  print("\n".join(readme_rows(report)))
+
+
+def readme_rows(report: dict) -> list[str]:
+  """The README's table: per recipe, top-1 / agreement / logit error per model, V3-large size."""
+  def cell(measured: dict) -> str:
+    return (f"{100 * measured['top1']:.2f}% / {100 * measured['agreement']:.1f}% / "
+            f"{100 * measured['logit_error']:.1f}%")
+
+  rows = []
+  for name in RECIPES:
+    cells = [cell(model["recipes"][name]) for model in report["models"].values()]
+    sizes = report.get("v3_large_224_random", {}).get("recipes", {})
+    ratio = f"{sizes[name]['ratio']:.3f}x" if name in sizes else ""
+    rows.append(f"| {name} | {' | '.join(cells)} | {ratio} |")
+  return rows
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def define_flags() -> None:
                     "calibrated on the run's train split; needs the run's config, which a "
                     "workdir records).")
   flags.DEFINE_integer("calibration_batches", CALIBRATION_BATCHES, "to-onnx --quantize: "
-                       "batches of train images to calibrate on (one more checks the result).")
+                       "batches of train images to calibrate on.")
 
 
 def convert(direction: str, source: str, output: str, config=None, checkpoint: str = "best",

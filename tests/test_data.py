@@ -60,6 +60,21 @@ def test_digits_split_is_fixed_and_stratified():
   np.testing.assert_array_equal(digits._load(8)[3], eval_y)
 
 
+@pytest.mark.parametrize("dataset", ["digits", "synthetic"])
+def test_eval_split_train_evaluates_the_unaugmented_training_images(dataset):
+  """What an int8 export calibrates on: the train split through the eval pipeline."""
+  config = make_config(dataset, image_size=16, eval_split="train")
+  info = data.get_dataset_info(config)
+  assert info.num_eval == info.num_train == data.get_dataset_info(make_config(dataset)).num_train
+  first = next(data.create_eval_iterator(config, 32, **ONE_HOST))
+  again = next(data.create_eval_iterator(config, 32, **ONE_HOST))
+  default = next(data.create_eval_iterator(make_config(dataset, image_size=16), 32, **ONE_HOST))
+  assert_batches_equal(first, again)
+  assert not np.array_equal(first["image"], default["image"])
+  if dataset == "digits":
+    np.testing.assert_array_equal(first["image"][..., 0], digits._load(16)[0][:32])
+
+
 def test_digits_upscaling_matches_pil_bilinear():
   from sklearn.datasets import load_digits
 
@@ -175,6 +190,8 @@ def test_synthetic_values():
     (make_config(), dict(process_index=2, process_count=2), "process_index=2"),
     (make_config(), dict(start_step=-1), "start_step must be >= 0"),
     (make_config("synthetic", synthetic_num_classes=0), {}, "synthetic_num_classes"),
+    (make_config(eval_split="test"), {}, "eval_split='test': digits has the splits train, "
+     "validation"),
 ])
 def test_bad_input_gets_a_clear_error(config, kwargs, message):
   kwargs = {"batch_size": 8, "process_index": 0, "process_count": 1, **kwargs}

@@ -57,7 +57,7 @@ def logits(path, images):
 @pytest.mark.slow
 def test_int8_export_runs_and_keeps_the_float32_top1(trained, exported):
   assert re.search(r"16px, int8: [\d.]+ MB = 0\.\d\dx float32; calibrated on 320 digits train "
-                   r"images; float32's top-1 kept on \d+% of 32 others", exported["int8_stdout"])
+                   r"images; float32's top-1 kept on \d+% of 32 validation images", exported["int8_stdout"])
   graph = onnx.load(str(exported["int8"])).graph
   int8_weights = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.INT8}
   producers = {out: node for node in graph.node for out in node.output}
@@ -102,7 +102,8 @@ def test_eval_py_evaluates_onnx_graphs_like_the_checkpoint(trained, exported, tm
 def test_a_miscalibrated_int8_graph_collapses_and_is_refused(trained, exported, tmp_path,
                                                               monkeypatch):
   """Calibration images in 0-255 instead of the graph's 0-1: the ranges are 255 times too
-  wide and the int8 graph's top-1 collapses; the export's held-out check refuses it."""
+  wide and the int8 graph's top-1 collapses; the export's check on validation images (read
+  apart from the calibration images) refuses it."""
   config = config_lib.recorded_config(str(trained))
   real = quantize.calibration_images
   monkeypatch.setattr(quantize, "calibration_images",

@@ -77,4 +77,4 @@ def export_for_run(variables: Mapping[str, Any], model_spec: spec_lib.ModelSpec,
   return (f", {size}px, {quantize}: {os.path.getsize(path) / 1e6:.2f} MB = {ratio:.2f}x "
           f"float32; calibrated on {report.calibration_images} {data_config.dataset} train "
           f"images; float32's top-1 kept on {100 * report.top1_agreement:.0f}% of "
-          f"{report.held_out_images} others")
+          f"{report.check_images} validation images")

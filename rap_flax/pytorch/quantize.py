@@ -1,8 +1,10 @@
 """Static int8 quantization of an exported graph: onnxruntime post-training quantization.
 
-QDQ format, int8 weights, 8-bit activations, MinMax ranges from calibration images. The calibration images come
-from the run's own data config: the first images of its train split through the eval
-transforms (no augmentation), in the split's fixed order, so the same run gives the same file.
+QDQ format, int8 weights, 8-bit activations, MinMax ranges from calibration images. The
+calibration images come from the run's own data config: the first images of its train split
+through the eval transforms (no augmentation), in the split's fixed order, so the same run
+gives the same file. The result is checked against the float32 graph on validation images
+before it is written.
 
 Which operators are quantized, and per-tensor vs per-channel weights, were chosen by
 measurement (`python benchmarks/int8_choices.py`; the figures are in the README's "Deploy
@@ -22,7 +24,7 @@ from onnxruntime import quantization
 from rap_flax import files, spec as spec_lib
 
 CALIBRATION_BATCH_SIZE = 32
-# Fewest of a held-out batch whose top-1 must agree with float32 for an export to be kept.
+# Fewest of the check images whose top-1 must agree with float32 for an export to be kept.
 MIN_TOP1_AGREEMENT = 0.9
 
 
@@ -45,7 +47,7 @@ class Recipe:
                for scope, ops in self.keep_float)
 
 
-_BACKBONE_OPS = ("Relu", "Clip", "Add", "Mul", "Concat", "GlobalAveragePool")
+BETWEEN_OPS = ("Relu", "Clip", "Add", "Mul", "Concat", "GlobalAveragePool")
 # Chosen by measurement (benchmarks/int8_choices.py, README "Deploy (ONNX)"). U8S8: with int8
 # activations onnxruntime's CPU kernels fuse only some convolutions and run the rest in float
 # on dequantized weights. Every Conv and Gemm has int8 weights; between them the residual
@@ -53,8 +55,8 @@ _BACKBONE_OPS = ("Relu", "Clip", "Add", "Mul", "Concat", "GlobalAveragePool")
 # channel MLP are int8: their statistics (std, TopK ranking, sigmoids, products) stay float.
 GATE_SCOPES = tuple(f"/{gate.upstream_name}/" for gate in spec_lib.GATES.values()
                     if gate.upstream_name)
-RECIPE = Recipe(op_types=("Conv", "Gemm", *_BACKBONE_OPS), per_channel=True,
-                keep_float=tuple((scope, _BACKBONE_OPS) for scope in GATE_SCOPES))
+RECIPE = Recipe(op_types=("Conv", "Gemm", *BETWEEN_OPS), per_channel=True,
+                keep_float=tuple((scope, BETWEEN_OPS) for scope in GATE_SCOPES))
 
 
 class QuantizationError(ValueError):
@@ -64,14 +66,25 @@ class QuantizationError(ValueError):
 def calibration_images(data_config, num_batches: int,
                        batch_size: int = CALIBRATION_BATCH_SIZE) -> np.ndarray:
   """The first num_batches * batch_size train images through the eval transforms, NCHW."""
+  config = data_config.copy_and_resolve_references()
+  config.eval_split = data_config.train_split or "train"  # the eval pipeline on train images
+  return _first_images(config, num_batches, batch_size)
+
+
+def check_images(data_config, batch_size: int = CALIBRATION_BATCH_SIZE) -> np.ndarray:
+  """The first batch of the eval split, NCHW: what the int8 graph is checked on (its top-1
+  against float32's, no labels), read apart from the calibration images so that a fault in
+  those shows."""
+  return _first_images(data_config, 1, batch_size)
+
+
+def _first_images(data_config, num_batches: int, batch_size: int) -> np.ndarray:
   from rap_flax import data  # pylint: disable=g-import-not-at-top
 
   if num_batches < 1:
     raise ValueError(f"--calibration_batches={num_batches}: use at least 1.")
-  config = data_config.copy_and_resolve_references()
-  config.eval_split = data_config.train_split or "train"  # the eval pipeline on train images
   images = []
-  for batch in data.create_eval_iterator(config, batch_size):
+  for batch in data.create_eval_iterator(data_config, batch_size):
     images.append(batch["image"][batch["mask"]])
     if len(images) == num_batches:
       break
@@ -99,31 +112,31 @@ class _Batches(quantization.CalibrationDataReader):
 @dataclasses.dataclass(frozen=True)
 class Report:
   calibration_images: int
-  held_out_images: int
-  top1_agreement: float  # held-out images whose top-1 class int8 and float32 share
+  check_images: int
+  top1_agreement: float  # of the check images, those whose top-1 class int8 and float32 share
 
 
 def quantize(float_path: str, output: str, data_config, calibration_batches: int,
              overwrite: bool = False, recipe: Recipe = RECIPE) -> Report:
   """Writes the int8 version of the graph at `float_path`, calibrated on `calibration_batches`
-  batches of the train split of `data_config`; the batch after them checks the result: when
+  batches of the train split of `data_config`, then checked on the first eval batch: when
   fewer than MIN_TOP1_AGREEMENT of it keep their float32 top-1 class, QuantizationError is
   raised and nothing is written."""
-  images = calibration_images(data_config, calibration_batches + 1)
-  calibration, held_out = images[:-CALIBRATION_BATCH_SIZE], images[-CALIBRATION_BATCH_SIZE:]
+  calibration = calibration_images(data_config, calibration_batches)
+  checked = check_images(data_config)
   with tempfile.TemporaryDirectory() as scratch:
     quantized = os.path.join(scratch, "int8.onnx")
     quantize_static(float_path, quantized, calibration, recipe)
-    agreement = top1_agreement(float_path, quantized, held_out)
+    agreement = top1_agreement(float_path, quantized, checked)
     if agreement < MIN_TOP1_AGREEMENT:
       raise QuantizationError(
           f"The int8 graph keeps the float32 top-1 class of only {100 * agreement:.0f}% of "
-          f"{len(held_out)} held-out training images (at least {100 * MIN_TOP1_AGREEMENT:.0f}% "
+          f"{len(checked)} validation images (at least {100 * MIN_TOP1_AGREEMENT:.0f}% "
           "expected); nothing written. Calibrate on the data the model was trained on "
           "(the --config of its run), or on more --calibration_batches.")
     with files.atomic_output(output, overwrite) as tmp:
       os.replace(quantized, tmp)
-  return Report(len(calibration), len(held_out), agreement)
+  return Report(len(calibration), len(checked), agreement)
 
 
 def quantize_static(float_path: str, output: str, images: np.ndarray, recipe: Recipe) -> None:
@@ -154,20 +167,12 @@ def quantize_static(float_path: str, output: str, images: np.ndarray, recipe: Re
         extra_options={"CalibStridedMinMax": 1})
 
 
-def session(path: str, threads: int | None = None):
-  """An onnxruntime CPU session for `path` (threads: intra-op threads; None = onnxruntime's)."""
+def logits(path: str, images: np.ndarray, batch_size: int = CALIBRATION_BATCH_SIZE) -> np.ndarray:
+  """The graph's logits for `images` (NCHW), by onnxruntime on the CPU."""
   import onnxruntime  # pylint: disable=g-import-not-at-top
 
-  options = onnxruntime.SessionOptions()
-  if threads:
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-  return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
-def logits(path: str, images: np.ndarray, batch_size: int = CALIBRATION_BATCH_SIZE) -> np.ndarray:
-  run = session(path)
-  return np.concatenate([run.run(None, {"images": images[i:i + batch_size]})[0]
+  session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+  return np.concatenate([session.run(None, {"images": images[i:i + batch_size]})[0]
                          for i in range(0, len(images), batch_size)])
 
 
