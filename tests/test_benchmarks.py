@@ -44,7 +44,8 @@ def busy_machine():
 
 class TestOnALoadedMachine:  # the busy children live as long as this class's tests
 
-  @pytest.mark.parametrize("script", ["train_step.py", "depthwise_conv.py", "input_pipeline.py"])
+  @pytest.mark.parametrize("script", ["train_step.py", "depthwise_conv.py", "input_pipeline.py",
+                                      "onnx_deploy.py"])
   def test_refuses_to_run(self, busy_machine, tmp_path, script):
     output = tmp_path / "result.json"
     result = run_benchmark(script, f"--output={output}")

@@ -156,3 +156,56 @@ def test_eval_of_an_onnx_graph_at_another_image_size_is_refused(tmp_path, jax_ca
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert "takes 32x32 images, but config.data gives 16x16" in result.stderr
   assert os.listdir(tmp_path) == ["model32.onnx"]
+
+
+@pytest.mark.slow
+def test_mobilenetv3_large_int8_file_is_at_most_035x_float32(tmp_path):
+  """The size budget at full scale (random weights: size does not depend on their values)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from rap_flax import models, weights  # pylint: disable=g-import-not-at-top
+  from rap_flax.pytorch import models as torch_models  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_recipe(str(DIGITS))
+  config.model.update(arch="mobilenetv3_large", width_multiplier=1.0, cifar=False)
+  config.data.image_size = 224
+  model_spec = models.spec_from_config(config, data.num_classes(config.data))
+  torch.manual_seed(0)
+  pth = tmp_path / "random.pth"
+  weights.save_state_dict(
+      weights.load_variables(torch_models.create_model(model_spec).state_dict(), model_spec),
+      model_spec, str(pth))
+  sizes = {}
+  for side, extra in (("float32", ()), ("int8", ("--quantize=int8", "--calibration_batches=1"))):
+    output = tmp_path / f"{side}.onnx"
+    result = run_cli("to-onnx", f"--input={pth}", f"--output={output}", f"--config={DIGITS}",
+                     "--config.model.arch=mobilenetv3_large",
+                     "--config.model.width_multiplier=1.0", "--config.model.cifar=False",
+                     "--config.data.image_size=224", *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sizes[side] = output.stat().st_size
+  assert sizes["int8"] <= 0.35 * sizes["float32"], sizes
+
+
+@pytest.mark.slow
+def test_onnx_deploy_reports_sizes_latency_and_accuracy(trained, tmp_path):
+  output = tmp_path / "onnx_deploy.json"
+  result = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "onnx_deploy.py"), "--models=demo",
+       f"--demo_workdir={trained}", "--rounds=2", "--iterations=3", "--warmup=1",
+       "--allow_loaded", f"--output={output}"],
+      cwd=REPO, capture_output=True, text=True, timeout=900,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  order = [line.split()[2].rstrip(":") for line in result.stderr.splitlines()
+           if line.strip().startswith("round ")]
+  sides = ["flax", "float32", "int8", "int8_s8s8"]
+  assert order == sides + sides[::-1], order
+  demo = json.loads(output.read_text())["models"]["demo"]
+  assert demo["image_size"] == 16
+  assert demo["megabytes"]["int8"] < demo["megabytes"]["float32"]
+  for side in sides:
+    latency = demo[side]["latency_ms"]
+    assert len(latency["rounds"]) == 2 and 0 < latency["min"] <= latency["median"]
+  accuracy = demo["accuracy"]
+  assert accuracy["float32"]["top1"] == accuracy["flax"]["top1"]
+  assert abs(accuracy["int8"]["top1"] - accuracy["flax"]["top1"]) <= 0.02
+  assert result.stdout.count("| demo 16px, ") == 3  # the README rows
