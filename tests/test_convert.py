@@ -229,6 +229,7 @@ def test_onnx_cli_refuses_a_wrong_suffix(tmp_path):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_onnx_of_a_workdir_takes_the_image_size_it_was_trained_at(tmp_path, trained_tiny):
   """No --image_size: the workdir's recorded config (16px) sets the graph's input size."""
   ort = pytest.importorskip("onnxruntime")
@@ -247,6 +248,7 @@ def test_onnx_of_a_workdir_takes_the_image_size_it_was_trained_at(tmp_path, trai
                                                   images))
 
 
+@pytest.mark.slow
 def test_a_workdir_records_the_config_it_was_trained_with(trained_tiny):
   from rap_flax.training import config_lib  # pylint: disable=g-import-not-at-top
   from tests.test_train import tiny_config  # pylint: disable=g-import-not-at-top
