@@ -8,7 +8,7 @@ split: top-1, top-1 agreement with float32, logit error and file size; then RECI
 30 calibration batches. MobileNetV3-large + SRAP at 224 with random weights adds the file sizes
 at full scale.
 
-  python benchmarks/int8_choices.py [--workdirs=DIR] [--models=demo,v1_32px,v3small_32px]
+  python benchmarks/int8_choices.py [--workdirs=DIR] [--models=demo,demo_6_epochs,v1_32px,v3small_32px]
 
 No timing here (onnx_deploy.py measures latency), so it runs on a loaded machine too.
 Writes benchmarks/results/int8_choices.json.
@@ -38,9 +38,11 @@ from rap_flax.training import config_lib, evaluate  # noqa: E402  pylint: disabl
 
 CONFIG = os.path.join(REPO, "configs", "digits_srap.py")
 # name -> train.py overrides of the demo config. The demo itself ends near 99% (a ceiling);
-# the other two stop early at 32px, where a quantization error has room to show.
+# the others stop early (the 32px ones at 84-88%), where a quantization error has room to
+# show.
 MODELS = {
     "demo": (),
+    "demo_6_epochs": ("--config.num_epochs=6",),
     "v1_32px": ("--config.data.image_size=32", "--config.num_epochs=12"),
     "v3small_32px": ("--config.data.image_size=32", "--config.num_epochs=5",
                      "--config.model.arch=mobilenetv3_small",
@@ -61,6 +63,7 @@ RECIPES = {
                                                                 per_channel=True),
     "chosen (quantize.RECIPE): the same, gates' between ops float": _CHOSEN,
     "chosen, per-tensor": dataclasses.replace(_CHOSEN, per_channel=False),
+    "chosen, S8S8": dataclasses.replace(_CHOSEN, activations="int8"),
     "chosen, gates all float": dataclasses.replace(
         _CHOSEN, keep_float=tuple((scope, None) for scope in _GATES)),
     "chosen, classifier float": dataclasses.replace(
