@@ -8,7 +8,7 @@ split: top-1, top-1 agreement with float32, logit error and file size; then RECI
 30 calibration batches. MobileNetV3-large + SRAP at 224 with random weights adds the file sizes
 at full scale.
 
-  python benchmarks/int8_choices.py [--workdirs=DIR] [--models=demo,demo_6_epochs,v1_32px,v3small_32px]
+  python benchmarks/int8_choices.py [--workdirs=DIR] [--models=demo,v1_32px,...]
 
 No timing here (onnx_deploy.py measures latency), so it runs on a loaded machine too.
 Writes benchmarks/results/int8_choices.json.
@@ -32,9 +32,9 @@ import onnx_deploy
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from rap_flax import data, models, weights  # noqa: E402  pylint: disable=g-import-not-at-top
-from rap_flax.pytorch import onnx_export, quantize  # noqa: E402  pylint: disable=g-import-not-at-top
-from rap_flax.training import config_lib, evaluate  # noqa: E402  pylint: disable=g-import-not-at-top
+from rap_flax import data, models, weights  # noqa: E402
+from rap_flax.pytorch import onnx_export, quantize  # noqa: E402
+from rap_flax.training import config_lib, evaluate  # noqa: E402
 
 CONFIG = os.path.join(REPO, "configs", "digits_srap.py")
 # name -> train.py overrides of the demo config. The demo itself ends near 99% (a ceiling);

@@ -256,5 +256,5 @@ def test_a_workdir_records_the_config_it_was_trained_with(trained_tiny):
   expected = config_lib.flatten(tiny_config(**{"num_train_steps": 4,
                                                "model.attention": "srap"}))
   assert recorded == expected
-  assert all(type(recorded[k]) is type(v) for k, v in expected.items())  # pylint: disable=unidiomatic-typecheck
+  assert all(type(recorded[k]) is type(v) for k, v in expected.items())
   assert config_lib.recorded_config(str(trained_tiny / "checkpoints")) is None

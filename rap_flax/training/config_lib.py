@@ -233,7 +233,8 @@ def recorded_config(directory: str) -> ml_collections.ConfigDict | None:
   there is no such record."""
   # TensorBoard's own record reader: reading one record is not worth importing tensorflow.
   from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
-  from tensorboard.compat.tensorflow_stub import errors, pywrap_tensorflow  # pylint: disable=g-import-not-at-top
+  from tensorboard.compat.tensorflow_stub import (  # pylint: disable=g-import-not-at-top
+      errors, pywrap_tensorflow)
   from tensorboard.plugins.hparams import metadata  # pylint: disable=g-import-not-at-top
 
   event_files = sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*")),
