@@ -34,7 +34,8 @@ flags.DEFINE_integer("dpi", 80, "Resolution of the PNG.")
 
 
 def one_per_class(config, count: int) -> tuple[np.ndarray, np.ndarray]:
-  """The first validation image of each of the classes 0..count-1: (images, labels)."""
+  """The first validation image of each of the classes 0..count-1, as the model takes it:
+  (images, labels)."""
   info = data.get_dataset_info(config.data)
   if not 1 <= count <= info.num_classes:
     raise ValueError(f"count={count}: choose between 1 and {info.num_classes} (the number of "
@@ -50,7 +51,8 @@ def one_per_class(config, count: int) -> tuple[np.ndarray, np.ndarray]:
   if absent:
     raise ValueError(f"The validation split of {info.name!r} has no image of class(es) "
                      f"{absent}; ask for fewer than {absent[0] + 1} images.")
-  return np.stack([chosen[label] for label in range(count)]), np.arange(count)
+  images = data.model_input(config.data)(np.stack([chosen[label] for label in range(count)]))
+  return images, np.arange(count)
 
 
 def last_unit_of_each_stage(maps: dict[str, dict[str, np.ndarray]]) -> list[str]:

@@ -11,11 +11,9 @@ The names below load on first use, so `import rap_flax` stays cheap.
 import importlib
 import os
 
-# TensorFlow (tf.data, clu's TensorBoard writer) announces its oneDNN kernels on stderr at
-# import, twice; the input pipelines gain nothing from them. Its C++ warnings go too (a failed
-# event-file write prints 8 lines of them; the error itself is reported on one). A user's own
-# setting wins.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# TensorFlow (tf.data, clu's TensorBoard writer): its C++ warnings go (a failed event-file write
+# prints 8 lines of them; the error itself is reported on one); its load-time oneDNN notice is
+# kept off stderr by rap_flax.data.tf_import. A user's own setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 _EXPORTS = {

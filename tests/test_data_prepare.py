@@ -50,15 +50,16 @@ def test_stanford_dogs_prepares_and_loads_with_labels_in_synset_order(layout, tm
   assert sorted_synsets != synsets
   expected_label = lambda red: sorted_synsets.index(synsets[int(np.round(red * 255 / 2))])
 
+  to_input = data.model_input(config)  # uint8 -> [0, 1]
   evals = list(data.create_eval_iterator(config, 4, **ONE_HOST))
-  reds = np.concatenate([b["image"][b["mask"], 8, 8, 0] for b in evals])
+  reds = np.concatenate([to_input(b["image"])[b["mask"], 8, 8, 0] for b in evals])
   labels = np.concatenate([b["label"][b["mask"]] for b in evals])
   assert len(labels) == 6
   assert labels.tolist() == [expected_label(red) for red in reds]
 
   batch = next(data.create_train_iterator(config, 120, **ONE_HOST))  # one full epoch
   assert sorted(batch["label"].tolist()) == list(range(120))
-  brightness = batch["image"][:, 8, 8, 1] * 255 / 100  # green was 100 in every image
+  brightness = to_input(batch["image"])[:, 8, 8, 1] * 255 / 100  # green was 100 everywhere
   assert 0.6 - 0.02 <= brightness.min() and brightness.max() <= 1.4 + 0.02
   assert brightness.max() - brightness.min() > 0.5
 

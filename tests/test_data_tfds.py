@@ -1,14 +1,15 @@
 """The tfds pipelines on tfds.testing.mock_data: every tfds dataset, without the real data.
 
 The mock honours sub-splits, so host sharding is exercised for real, and serves flat-colour
-images whose red/green ratio encodes the example's index (crops, flips, brightness and mean/std
-normalisation keep it readable), with label = index % num_classes. Metadata written next to it
+images whose red/green ratio encodes the example's index (crops, flips and brightness keep it
+readable in the uint8 batches), with label = index % num_classes. Metadata written next to it
 gives tfds the split sizes.
 """
 
 import contextlib
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -17,6 +18,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 from rap_flax import data  # noqa: E402
 from rap_flax.data import catalog, tfds_pipeline, transforms  # noqa: E402
+from rap_flax.data.transform_constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from tests.test_data import assert_batches_equal, take
 
 TRAIN_SIZE, EVAL_SIZE = 26, 10
@@ -33,11 +35,9 @@ def encoded_image(index: int, family: str) -> bytes:
   return encode(image).numpy()
 
 
-def example_ids(batch, dataset):
+def example_ids(batch):
   """Index of the example in every row of a batch (rows with mask False excluded)."""
   centre = batch["image"][batch["mask"], IMAGE_SIZE // 2, IMAGE_SIZE // 2].astype(np.float64)
-  if catalog.TFDS_DATASETS[dataset].preprocessing == "imagenet":
-    centre = centre * transforms.IMAGENET_STD + transforms.IMAGENET_MEAN
   return np.round((centre[:, 0] / centre[:, 1] * GREEN - 20) / 6).astype(int)
 
 
@@ -82,10 +82,11 @@ def mocked(dataset, tmp_path, **config_overrides):
     yield config
 
 
-def value_range(dataset):
+def model_input_range(dataset):
+  """Per-channel range of data.model_input's output: ToTensor's [0, 1], normalised for ImageNet."""
   if catalog.TFDS_DATASETS[dataset].preprocessing == "imagenet":
-    mean, std = np.array(transforms.IMAGENET_MEAN), np.array(transforms.IMAGENET_STD)
-    return -mean / std, (1 - mean) / std  # per channel
+    mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+    return -mean / std, (1 - mean) / std
   return np.zeros(3), np.ones(3)
 
 
@@ -99,24 +100,27 @@ def test_batches_have_the_contract_shapes_dtypes_and_ranges(dataset, tmp_path):
     spec = catalog.TFDS_DATASETS[dataset]
     info = data.get_dataset_info(config)
     assert info == data.DatasetInfo(dataset, spec.num_classes, TRAIN_SIZE, EVAL_SIZE, IMAGE_SIZE)
-    low, high = value_range(dataset)
+    low, high = model_input_range(dataset)
+    to_input = jax.jit(data.model_input(config))
     train = take(data.create_train_iterator(config, 8, **ONE_HOST), 4)  # crosses an epoch
     evals = list(data.create_eval_iterator(config, 4, **ONE_HOST))
     for batch in train + evals:
       assert batch["image"].shape == (len(batch["mask"]), IMAGE_SIZE, IMAGE_SIZE, 3)
-      assert batch["image"].dtype == np.float32 and batch["label"].dtype == np.int32
+      assert batch["image"].dtype == np.uint8 and batch["label"].dtype == np.int32
       assert batch["mask"].dtype == bool
-      assert (batch["image"].min(axis=(0, 1, 2)) >= low - 1e-5).all()
-      assert (batch["image"].max(axis=(0, 1, 2)) <= high + 1e-5).all()
+      images = np.asarray(to_input(batch["image"]))
+      assert images.dtype == np.float32
+      assert (images.min(axis=(0, 1, 2)) >= low - 1e-5).all()
+      assert (images.max(axis=(0, 1, 2)) <= high + 1e-5).all()
       assert 0 <= batch["label"].min() and batch["label"].max() < spec.num_classes
-      ids = example_ids(batch, dataset)
+      ids = example_ids(batch)
       np.testing.assert_array_equal(batch["label"][batch["mask"]], ids % spec.num_classes)
     assert all(batch["mask"].all() and len(batch["mask"]) == 8 for batch in train)
     if spec.preprocessing == "imagenet":
-      assert train[0]["image"].min() < 0  # mean/std normalised, not [0, 1]
+      assert np.asarray(to_input(train[0]["image"])).min() < 0  # mean/std normalised
     # Eval: 10 examples in batches of 4 -> the last batch holds 2 real rows, in order.
     assert [b["mask"].tolist() for b in evals] == [[True] * 4] * 2 + [[True] * 2 + [False] * 2]
-    assert [example_ids(b, dataset).tolist() for b in evals] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [example_ids(b).tolist() for b in evals] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert (evals[-1]["image"][2:] == 0).all()
 
 
@@ -129,7 +133,7 @@ def test_train_is_deterministic_resumable_and_sharded(dataset, tmp_path):
     resumed = data.create_train_iterator(config, 4, start_step=4, process_index=0, process_count=2)
     for step in (4, 5):  # a fresh iterator, mid-epoch: same batches as the uninterrupted run
       assert_batches_equal(next(resumed), host0[step])
-    epoch_ids = lambda batches: np.concatenate([example_ids(b, dataset) for b in batches])
+    epoch_ids = lambda batches: np.concatenate([example_ids(b) for b in batches])
     for host, ids in ((0, epoch_ids(host0[:3])), (0, epoch_ids(host0[3:])), (1, epoch_ids(host1))):
       assert len(set(ids)) == 12 and set(ids) <= set(range(host * 13, host * 13 + 13))
     assert not np.array_equal(epoch_ids(host0[:3]), epoch_ids(host0[3:]))  # reshuffled
@@ -145,7 +149,7 @@ def test_eval_shards_are_disjoint_cover_and_stay_in_lockstep(dataset, num_hosts,
                                                process_count=num_hosts))
                 for h in range(num_hosts)]
     assert len({len(batches) for batches in per_host}) == 1
-    ids = [i for batches in per_host for b in batches for i in example_ids(b, dataset)]
+    ids = [i for batches in per_host for b in batches for i in example_ids(b)]
     assert ids == list(range(EVAL_SIZE))
     assert sum(b["mask"].sum() for batches in per_host for b in batches) == EVAL_SIZE
 

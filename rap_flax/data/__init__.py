@@ -5,6 +5,7 @@ Everything here reads only `config.data` (defaults: `default_config()`):
     info = data.get_dataset_info(config.data)
     train_it = data.create_train_iterator(config.data, per_host_batch, start_step=0, seed=0)
     eval_it = data.create_eval_iterator(config.data, per_host_batch)
+    images = data.model_input(config.data)(batch["image"])  # inside the jitted step
 
 Importing this package never imports tensorflow; the tfds datasets import it when used.
 """
@@ -15,6 +16,7 @@ from typing import Iterator
 
 from rap_flax.data import catalog, digits, hosts, synthetic
 from rap_flax.data.config import DatasetInfo, default_config
+from rap_flax.data.model_input import model_input
 from rap_flax.data.padding import Batch
 
 _IN_MEMORY = {"digits": digits.build, "synthetic": synthetic.build}
@@ -78,4 +80,4 @@ def create_eval_iterator(data_config, batch_size: int, *, process_index: int | N
 
 
 __all__ = ["DATASETS", "Batch", "DatasetInfo", "create_eval_iterator", "create_train_iterator",
-           "default_config", "get_dataset_info", "num_classes"]
+           "default_config", "get_dataset_info", "model_input", "num_classes"]

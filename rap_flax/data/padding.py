@@ -27,8 +27,8 @@ def pad_batch(batch: Batch, batch_size: int) -> Batch:
 ExampleShapes = dict[str, tuple[tuple[int, ...], np.dtype]]
 
 
-def example_shapes(image_size: int) -> ExampleShapes:
-  return {"image": ((image_size, image_size, 3), np.dtype(np.float32)),
+def example_shapes(image_size: int, image_dtype=np.float32) -> ExampleShapes:
+  return {"image": ((image_size, image_size, 3), np.dtype(image_dtype)),
           "label": ((), np.dtype(np.int32))}
 
 

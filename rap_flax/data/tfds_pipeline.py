@@ -12,11 +12,10 @@ import contextlib
 from typing import Iterator
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from rap_flax import files
 from rap_flax.data import catalog, config, hosts, padding, randomness, transforms
+from rap_flax.data.tf_import import tf, tfds
 
 _SKIP_IMAGE_DECODING = {"image": tfds.decode.SkipDecoding()}
 _FILE_NAME_FEATURES = ("image/filename", "file_name", "id")
@@ -127,9 +126,12 @@ class TfdsPipeline:
   @contextlib.contextmanager
   def _naming_undecodable(self, split):
     """tf.data's decode error does not say which image; find it and say so."""
+    # Looked up on entry: when an unfinished iterator is closed at interpreter exit, the
+    # module's globals are already gone.
+    decode_error = tf.errors.InvalidArgumentError
     try:
       yield
-    except tf.errors.InvalidArgumentError as error:
+    except decode_error as error:
       name = self._first_undecodable(split)
       if name is None:
         raise
@@ -159,4 +161,4 @@ class TfdsPipeline:
       dataset = dataset.batch(batch_size).prefetch(self.prefetch_batches)
       batches = deterministic(dataset).as_numpy_iterator()
     return padding.pad_eval_batches(batches, batch_size, shard.num_eval_batches(total, batch_size),
-                                 padding.example_shapes(self.image_size))
+                                 padding.example_shapes(self.image_size, np.uint8))

@@ -1,9 +1,10 @@
 """The upstream torchvision transforms, written as tf.data-friendly TensorFlow ops.
 
 Each family splits its work into `decode` (runs once per example when the dataset is cached:
-encoded bytes -> the image that is kept) and `train` / `eval` (per epoch). PIL rounds to uint8
-after every resize, so the resizes here round too (the values stay float32 to skip a cast).
-All randomness comes from a stateless key per example, see `example_key`.
+encoded bytes -> the image that is kept) and `train` / `eval` (per epoch). Images stay uint8
+from the decoder to the batch, as in PIL, which rounds to uint8 after every resize; the scaling
+to [0, 1] and the mean/std normalisation run on the device (rap_flax.data.model_input). All
+randomness comes from a stateless key per example, see `example_key`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ import dataclasses
 import math
 from typing import Callable
 
-import numpy as np
-import tensorflow as tf
-
-from rap_flax.data.transform_constants import (BRIGHTNESS, CIFAR_PAD, IMAGENET_MEAN, IMAGENET_STD,
-                                RESIZE_RATIO, RRC_ATTEMPTS, RRC_RATIO, RRC_SCALE)
+from rap_flax.data.tf_import import tf
+from rap_flax.data.transform_constants import (BRIGHTNESS, CIFAR_PAD, RESIZE_RATIO, RRC_ATTEMPTS,
+                                               RRC_RATIO, RRC_SCALE)
 
 RRC_LOG_RATIO = (math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1]))
 
@@ -40,73 +39,98 @@ def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
 
 
 RESAMPLE_BLOCK = 8  # outputs per block of the banded resampling matmul (fastest of 4/8/16/32)
+# oneDNN compiles a kernel for every new matmul shape and keeps 1024; with the exact window of
+# every crop nearly every image brought a new shape, which cost more than the products. Windows
+# are rounded up to these multiples (rows of a block's window; columns of a decoded crop), so
+# the shapes repeat.
+SPAN_STEP = 4
+WIDTH_STEP = 16
 
 
-def _bilinear_weights(in_size, out_size, mirror):
-  """PIL's antialiased bilinear resampling weights along one axis, cut into banded blocks.
+def _resampling(array_size, crop_start, crop_size, resized_size, out_start, out_size: int,
+                mirror):
+  """PIL's antialiased bilinear weights along one axis, cut into banded blocks.
 
+  The axis has array_size pixels, of which [crop_start, crop_start + crop_size) are resized to
+  resized_size; outputs out_start .. out_start + out_size - 1 of that resize are computed.
   PIL (Resample.c, precompute_coeffs) computes output i from the inputs x around the centre
   c = (i + 0.5) * scale - 0.5, weighted by the triangle 1 - |x - c| / max(scale, 1) and normalised
-  to sum 1. A dense (out, in) matrix would be mostly zeros, so the outputs are grouped in blocks
-  of RESAMPLE_BLOCK consecutive ones that share a window of `span` consecutive inputs. Returns
-  rows (blocks, span), the input index of every window entry, and weights
-  (blocks, RESAMPLE_BLOCK, span); padding outputs past out_size repeat the last one. mirror
-  reverses the outputs, which flips the image along this axis for free.
+  to sum 1; inputs outside the crop have no weight. A dense (out, in) matrix would be mostly
+  zeros, so the outputs are grouped in blocks of RESAMPLE_BLOCK consecutive ones that share a
+  window of `span` consecutive inputs. Returns rows (blocks, span), the input index of every
+  window entry, and weights (blocks, RESAMPLE_BLOCK, span); padding outputs past out_size repeat
+  the last one. mirror reverses the outputs, which flips the image along this axis for free.
   """
   block = RESAMPLE_BLOCK
-  num_blocks = (out_size + block - 1) // block
-  scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+  num_blocks = -(-out_size // block)
+  scale = tf.cast(crop_size, tf.float32) / tf.cast(resized_size, tf.float32)
   support = tf.maximum(scale, 1.0)  # the triangle widens when shrinking: that is the antialiasing
   out_index = tf.minimum(tf.range(num_blocks * block), out_size - 1)
-  out_index = tf.where(mirror, out_size - 1 - out_index, out_index)
-  centres = tf.reshape((tf.cast(out_index, tf.float32) + 0.5) * scale - 0.5, [num_blocks, block, 1])
+  out_index = tf.where(mirror, out_size - 1 - out_index, out_index) + out_start
+  centres = tf.reshape((tf.cast(out_index, tf.float32) + 0.5) * scale - 0.5
+                       + tf.cast(crop_start, tf.float32), [num_blocks, block, 1])
   # A block's nonzero weights lie strictly within `support` of its first and last centres.
-  span = tf.minimum(tf.cast(tf.math.ceil((block - 1) * scale + 2 * support), tf.int32) + 1, in_size)
+  span = tf.cast(tf.math.ceil((block - 1) * scale + 2 * support), tf.int32) + 1
+  span = tf.minimum(-(-span // SPAN_STEP) * SPAN_STEP, array_size)
   lowest = tf.minimum(centres[:, 0, 0], centres[:, -1, 0]) - support
-  first = tf.clip_by_value(tf.cast(tf.math.floor(lowest), tf.int32) + 1, 0, in_size - span)
+  first = tf.clip_by_value(tf.cast(tf.math.floor(lowest), tf.int32) + 1, 0, array_size - span)
   rows = first[:, None] + tf.range(span)
+  in_crop = (rows >= crop_start) & (rows < crop_start + crop_size)
   weights = tf.nn.relu(1.0 - tf.abs(tf.cast(rows[:, None, :], tf.float32) - centres) / support)
+  weights *= tf.cast(in_crop, tf.float32)[:, None, :]
   # Normalised to 1 + 2**-20 rather than 1: exact halves then round up, as in PIL's fixed point,
-  # instead of to even, and no result gets near 255.5.
+  # and no result gets near 255.5.
   return rows, weights / (tf.reduce_sum(weights, axis=2, keepdims=True) * (1 - 2**-20))
 
 
-def _resample_rows(matrix: tf.Tensor, out_size, mirror=False) -> tf.Tensor:
-  """Resamples the leading axis of a (rows, columns) matrix as PIL does; float32, unrounded."""
-  rows, weights = _bilinear_weights(tf.shape(matrix)[0], out_size, mirror)
+def _resample_rows(matrix: tf.Tensor, axis: tuple, out_size: int, mirror=False) -> tf.Tensor:
+  """Resamples the leading axis of a (rows, columns) matrix as PIL does; float32, unrounded.
+
+  axis: (crop_start, crop_size, resized_size, out_start) along the rows, see _resampling."""
+  rows, weights = _resampling(tf.shape(matrix)[0], *axis, out_size, mirror)
   window = tf.cast(tf.gather(matrix, rows), tf.float32)  # gather first: fewer bytes when uint8
   resampled = tf.reshape(tf.matmul(weights, window), [-1, tf.shape(matrix)[1]])
-  if not isinstance(out_size, int) or out_size % RESAMPLE_BLOCK:
-    resampled = resampled[:out_size]
-  return resampled
+  return resampled if out_size % RESAMPLE_BLOCK == 0 else resampled[:out_size]
 
 
-def resize_like_pil(image: tf.Tensor, height, width, mirror=False) -> tf.Tensor:
-  """PIL's Image.resize(BILINEAR) of an (h, w, c) image, as float32 holding integers 0..255.
+def resize_like_pil(image: tf.Tensor, size, crop=None, output=None, mirror=False) -> tf.Tensor:
+  """PIL's image.crop(crop).resize(size, BILINEAR).crop(output) of an (h, w, c) uint8 image.
+
+  size: (height, width) of the resized crop; crop: (top, left, height, width) of the part of
+  `image` that is resized (default: all of it; no pixel outside it is read); output: (top, left,
+  height, width) of the part of the resized image that is computed, height and width Python ints
+  (default: all of it, then size must be ints). mirror flips the result horizontally at no cost.
+  Returns uint8.
 
   Two separable passes, each a banded matmul over the leading axis, so the horizontal one works
   on the transposed image. PIL rounds to integers after each pass and mostly runs the horizontal
   pass first; here the vertical pass runs first, which saves transposing the larger input, and
   only the result is rounded. That moves some pixels by one level (tests/test_data_transforms.py
-  has the figures). mirror flips the result horizontally at no cost. Measured on one core, from
-  crops of 120-480 px to 224x224: 0.6 ms per image, against 1.1 ms for TF's own antialiased
-  resize (tf.image.resize(antialias=True)), which is no closer to PIL.
+  has the figures).
   """
   shape = tf.shape(image)
   in_height, in_width, channels = shape[0], shape[1], image.shape[-1]
+  top, left, crop_height, crop_width = crop if crop is not None else (0, 0, in_height, in_width)
+  out_top, out_left, out_height, out_width = output if output is not None else (0, 0, *size)
   swap = lambda x, rows, cols: tf.transpose(tf.reshape(x, [rows, cols, channels]), [1, 0, 2])
-  x = _resample_rows(tf.reshape(image, [in_height, in_width * channels]), height)
-  x = tf.reshape(swap(x, height, in_width), [in_width, height * channels])
-  # Positive weights summing to (just over) 1, see _bilinear_weights: no clipping to 0..255.
-  return tf.round(swap(_resample_rows(x, width, mirror), width, height))
+  x = _resample_rows(tf.reshape(image, [in_height, in_width * channels]),
+                     (top, crop_height, size[0], out_top), out_height)
+  x = tf.reshape(swap(x, out_height, in_width), [in_width, out_height * channels])
+  x = _resample_rows(x, (left, crop_width, size[1], out_left), out_width, mirror)
+  # Positive weights summing to (just over) 1, see _resampling: 0 <= x < 255.5, and truncating
+  # x + 0.5 rounds halves up, as PIL does.
+  return tf.cast(swap(x, out_width, out_height) + 0.5, tf.uint8)
 
 
 def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   """torchvision CenterCrop: offsets int(round((dim - size) / 2))."""
-  shape = tf.shape(image)
-  top = tf.cast(tf.round(tf.cast(shape[0] - size, tf.float32) / 2), tf.int32)
-  left = tf.cast(tf.round(tf.cast(shape[1] - size, tf.float32) / 2), tf.int32)
+  top, left = _center_offsets(tf.shape(image)[0], tf.shape(image)[1], size)
   return image[top:top + size, left:left + size]
+
+
+def _center_offsets(height, width, size: int):
+  offset = lambda dim: tf.cast(tf.round(tf.cast(dim - size, tf.float32) / 2), tf.int32)
+  return offset(height), offset(width)
 
 
 def random_flip(image: tf.Tensor, uniform: tf.Tensor) -> tf.Tensor:
@@ -119,18 +143,6 @@ def random_crop(image: tf.Tensor, size: int, uniforms: tf.Tensor) -> tf.Tensor:
   top = tf.cast(uniforms[0] * tf.cast(shape[0] - size + 1, tf.float32), tf.int32)
   left = tf.cast(uniforms[1] * tf.cast(shape[1] - size + 1, tf.float32), tf.int32)
   return image[top:top + size, left:left + size]
-
-
-def normalize_imagenet(image_0_255: tf.Tensor, size: int) -> tf.Tensor:
-  """(x / 255 - mean) / std of a (size, size, 3) image.
-
-  Written as one multiply-add over rows of size * 3 values with the per-channel constants tiled
-  along the row: broadcasting a 3-vector over the innermost axis is several times slower in TF.
-  """
-  scale = np.tile(1.0 / (255.0 * np.array(IMAGENET_STD)), size).astype(np.float32)
-  offset = np.tile(-np.array(IMAGENET_MEAN) / np.array(IMAGENET_STD), size).astype(np.float32)
-  rows = tf.reshape(image_0_255, [size, size * 3]) * scale + offset
-  return tf.reshape(rows, [size, size, 3])
 
 
 def random_resized_crop_box(height: tf.Tensor, width: tf.Tensor, uniforms: tf.Tensor) -> tf.Tensor:
@@ -160,10 +172,26 @@ def random_resized_crop_box(height: tf.Tensor, width: tf.Tensor, uniforms: tf.Te
   return tf.where(tf.reduce_any(fits), sampled, fallback)
 
 
+def widened_crop(box: tf.Tensor, image_width) -> tuple[tf.Tensor, tf.Tensor]:
+  """The crop window [top, left, h, w] widened by at least one column on each side and to a
+  multiple of WIDTH_STEP columns, as far as the image allows; and the offset of the crop's first
+  column inside it.
+
+  The margin makes the decoded crop bit-identical to the same pixels of a full decode (PIL's):
+  decode_and_crop_jpeg upsamples the chroma of a window's first and last columns without their
+  outer neighbours, which moved those columns by up to 26 levels in about half of the crops.
+  """
+  top, left, height, width = tf.unstack(box)
+  wide = tf.minimum(-(-(width + 2) // WIDTH_STEP) * WIDTH_STEP, image_width)
+  wide_left = tf.clip_by_value(left - (wide - width) // 2, 0, image_width - wide)
+  return tf.stack([top, wide_left, height, wide]), left - wide_left
+
+
 @dataclasses.dataclass(frozen=True)
 class Transforms:
-  """decode: encoded bytes -> stored image; train: (stored, uniforms) -> float32 image;
-  eval: encoded bytes -> float32 image. num_uniforms: random numbers train needs."""
+  """decode: encoded bytes -> stored image; train: (stored, uniforms) -> uint8 image;
+  eval: encoded bytes -> uint8 image; num_uniforms: random numbers train needs. The images stay
+  uint8 (0..255); data.model_input maps them to the model's input on the device."""
 
   decode: Callable[[tf.Tensor], tf.Tensor]
   train: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
@@ -175,36 +203,33 @@ def dogs(size: int) -> Transforms:
   """Resize((256, 256)) then RandomCrop(224) + flip + ColorJitter(brightness) | CenterCrop(224)."""
   resized = resize_size(size)
 
-  def decode(encoded):  # The 256x256 image is what the cache keeps, as uint8.
-    return tf.cast(resize_like_pil(decode_rgb(encoded), resized, resized), tf.uint8)
+  def decode(encoded):  # The 256x256 image is what the cache keeps.
+    return resize_like_pil(decode_rgb(encoded), (resized, resized))
 
   def train(image, uniforms):
-    image = random_crop(tf.cast(image, tf.float32), size, uniforms[0:2])
-    image = random_flip(image, uniforms[2])
+    image = random_flip(random_crop(image, size, uniforms[0:2]), uniforms[2])
     factor = 1.0 - BRIGHTNESS + 2 * BRIGHTNESS * uniforms[3]
-    return tf.clip_by_value(image * factor, 0.0, 255.0) / 255.0
+    # PIL's ImageEnhance.Brightness blends with black and truncates to uint8 (Blend.c).
+    return tf.cast(tf.minimum(tf.cast(image, tf.float32) * factor, 255.0), tf.uint8)
 
   def evaluate(encoded):
-    return center_crop(tf.cast(decode(encoded), tf.float32), size) / 255.0
+    return center_crop(decode(encoded), size)
 
   return Transforms(decode, train, evaluate, num_uniforms=4)
 
 
 def imagenet(size: int) -> Transforms:
-  """RandomResizedCrop(224) + flip + Normalize | Resize(256) + CenterCrop(224) + Normalize."""
+  """RandomResizedCrop(224) + flip | Resize(256) + CenterCrop(224); Normalize on the device."""
   short_side = resize_size(size)
 
-  # Decoding at 1/2, 1/4, 1/8 in the DCT domain (decode_and_crop_jpeg's ratio, PIL's draft mode)
-  # is left out: it only applies to crops of at least 2 * size on both sides, rare at ImageNet
-  # image sizes, and decoding is bound by the entropy decoding of every row above the crop's
-  # bottom, which scaling does not skip; measured, it was no faster on the benchmark's images.
   def train(encoded, uniforms):
     shape = tf.image.extract_jpeg_shape(encoded)
     box = random_resized_crop_box(shape[0], shape[1], uniforms[:4 * RRC_ATTEMPTS])
-    crop = tf.image.decode_and_crop_jpeg(encoded, box, channels=3,
+    window, left = widened_crop(box, shape[1])
+    crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=3,
                                          dct_method="INTEGER_ACCURATE")
-    image = resize_like_pil(crop, size, size, mirror=uniforms[4 * RRC_ATTEMPTS] < 0.5)
-    return normalize_imagenet(image, size)
+    return resize_like_pil(crop, (size, size), crop=(0, left, box[2], box[3]),
+                           mirror=uniforms[4 * RRC_ATTEMPTS] < 0.5)
 
   def evaluate(encoded):
     image = decode_rgb(encoded)
@@ -216,31 +241,27 @@ def imagenet(size: int) -> Transforms:
         tf.int32)
     new_h = tf.where(height <= width, short_side, long_side(height, width))
     new_w = tf.where(height <= width, long_side(width, height), short_side)
-    image = center_crop(resize_like_pil(image, new_h, new_w), size)
-    return normalize_imagenet(image, size)
+    # Only the centre crop of the resized image is computed.
+    top, left = _center_offsets(new_h, new_w, size)
+    return resize_like_pil(image, (new_h, new_w), output=(top, left, size, size))
 
   return Transforms(tf.identity, train, evaluate, num_uniforms=4 * RRC_ATTEMPTS + 1)
 
 
 def cifar(size: int) -> Transforms:
-  """RandomCrop(32, padding=4) + flip | nothing; both scaled to [0, 1]."""
+  """RandomCrop(32, padding=4) + flip | nothing."""
 
   def decode(encoded):
     image = decode_rgb(encoded)
     if size != 32:
-      image = tf.cast(resize_like_pil(image, size, size), tf.uint8)
+      image = resize_like_pil(image, (size, size))
     return image
 
   def train(image, uniforms):
-    padded = tf.pad(tf.cast(image, tf.float32), [[CIFAR_PAD, CIFAR_PAD], [CIFAR_PAD, CIFAR_PAD],
-                                                 [0, 0]])
-    image = random_flip(random_crop(padded, size, uniforms[0:2]), uniforms[2])
-    return image / 255.0
+    padded = tf.pad(image, [[CIFAR_PAD, CIFAR_PAD], [CIFAR_PAD, CIFAR_PAD], [0, 0]])
+    return random_flip(random_crop(padded, size, uniforms[0:2]), uniforms[2])
 
-  def evaluate(encoded):
-    return tf.cast(decode(encoded), tf.float32) / 255.0
-
-  return Transforms(decode, train, evaluate, num_uniforms=3)
+  return Transforms(decode, train, decode, num_uniforms=3)
 
 
 FAMILIES = {"dogs": dogs, "imagenet": imagenet, "cifar": cifar}

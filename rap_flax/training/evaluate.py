@@ -22,9 +22,9 @@ from rap_flax.training import config_lib, metrics, parallel
 EvalStep = Callable[[Any, Any], metrics.Metrics]
 
 
-def make_eval_step(model, mesh: Mesh) -> EvalStep:
+def make_eval_step(model, mesh: Mesh, model_input=data.model_input()) -> EvalStep:
   def eval_step(variables, batch) -> metrics.Metrics:
-    logits = model.apply(variables, batch["image"], train=False)
+    logits = model.apply(variables, model_input(batch["image"]), train=False)
     return metrics.Metrics.single_from_model_output(
         mask=batch["mask"], **metrics.per_example_outputs(logits, batch["label"]))
 
@@ -65,7 +65,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, source: str,
                             "dataset": info.name}
   if weights.is_workdir(source):  # best / latest / STEP mean nothing for other weights
     result["checkpoint"] = which
-  result.update(evaluate(make_eval_step(model, mesh), variables, config, mesh))
+  eval_step = make_eval_step(model, mesh, data.model_input(config.data))
+  result.update(evaluate(eval_step, variables, config, mesh))
   _log(result)
   return result
 
@@ -94,9 +95,11 @@ def evaluate_onnx(config: ml_collections.ConfigDict, path: str) -> dict[str, Any
   batch_metrics = jax.jit(lambda logits, labels, mask: metrics.Metrics.single_from_model_output(
       mask=mask, **metrics.per_example_outputs(logits, labels)))
 
+  model_input = data.model_input(config.data)
+
   def eval_step(_, batch) -> metrics.Metrics:
     (batch_logits,) = session.run(
-        None, {images.name: np.asarray(batch["image"]).transpose(0, 3, 1, 2)})
+        None, {images.name: np.asarray(model_input(batch["image"])).transpose(0, 3, 1, 2)})
     return batch_metrics(batch_logits, batch["label"], batch["mask"])
 
   result: dict[str, Any] = {"source": path, "checkpoint": None, "step": None,

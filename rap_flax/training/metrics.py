@@ -73,6 +73,7 @@ def create_writer(workdir: str):
   if jax.process_index() > 0:
     return _NoEvents()
   try:
+    from rap_flax.data import tf_import  # noqa: F401  (loads tensorflow quietly)
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
   except ImportError as error:
     logging.warning("No TensorBoard events (%s); install tensorflow and tensorboard for "

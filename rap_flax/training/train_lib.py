@@ -33,7 +33,8 @@ from rap_flax.weights.workdir import Checkpoints
 TrainStep = Callable[[TrainState, Any], tuple[TrainState, metrics.Metrics]]
 
 
-def make_train_step(model, label_smoothing: float, mesh: Mesh) -> TrainStep:
+def make_train_step(model, label_smoothing: float, mesh: Mesh,
+                    model_input=data.model_input()) -> TrainStep:
   """Forward, backward and SGD update on one global batch; the old state is donated."""
 
   def train_step(state: TrainState, batch) -> tuple[TrainState, metrics.Metrics]:
@@ -41,7 +42,8 @@ def make_train_step(model, label_smoothing: float, mesh: Mesh) -> TrainStep:
 
     def loss_fn(params):
       logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                    batch["image"], train=True, mutable=["batch_stats"])
+                                    model_input(batch["image"]), train=True,
+                                    mutable=["batch_stats"])
       outputs = metrics.per_example_outputs(logits, batch["label"], label_smoothing)
       loss = jnp.sum(outputs["loss"] * mask) / jnp.maximum(jnp.sum(mask), 1.0)
       return loss, (outputs, updates["batch_stats"])
@@ -255,8 +257,9 @@ class _Loop:
     self.checkpoints, self.writer = checkpoints, writer
     self.steps_per_epoch, self.num_train_steps = steps_per_epoch, num_train_steps
     self.best_val_top1 = best_val_top1
-    self.train_step = make_train_step(model, config.label_smoothing, mesh)
-    self.eval_step = evaluate.make_eval_step(model, mesh)
+    self.train_step = make_train_step(model, config.label_smoothing, mesh,
+                                      data.model_input(config.data))
+    self.eval_step = evaluate.make_eval_step(model, mesh, data.model_input(config.data))
     self.batch_sharding = parallel.data_sharding(mesh)
     self._unchecked: tuple[int, metrics.Metrics] | None = None  # Loss not yet checked.
     self._last_train_top1: float | None = None
