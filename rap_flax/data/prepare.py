@@ -68,7 +68,7 @@ def prepare(dataset: str, source: str | None = None, data_dir: str | None = None
 
 
 def _prepare(dataset: str, source: str | None, data_dir: str | None, strict: bool):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from rap_flax.data.tf_import import tfds  # pylint: disable=g-import-not-at-top
 
   from rap_flax.data import builders  # pylint: disable=g-import-not-at-top  # imports tfds
 

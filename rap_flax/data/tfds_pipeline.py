@@ -81,43 +81,14 @@ class TfdsPipeline:
 
   def train_iterator(self, batch_size: int, start_step: int, seed: int,
                      shard: hosts.HostShard) -> Iterator[padding.Batch]:
-    split = tfds.even_splits(self.train_split, n=shard.count, drop_remainder=True)[shard.index]
-    num_examples = self.num_examples(split)
-    steps_per_epoch = hosts.train_steps_per_epoch(num_examples, batch_size, self.spec.name)
-    decode = lambda image, label: (self.transforms.decode(image), label)
-    cached = None
-    if self.cache:
-      cached = parallel_map(self.read(split), decode).cache()
-
-    def epoch_pipeline(epoch: int, first_step: int) -> tf.data.Dataset:
-      shuffle_seed = randomness.epoch_seed(seed, epoch, shard)
-      examples = cached if cached is not None else self.read(split, shuffle_seed=shuffle_seed)
-      # A buffer larger than the dropped remainder makes each epoch read the split to its end,
-      # which is what completes the cache in the first epoch.
-      buffer_size = min(max(self.shuffle_buffer_size, batch_size), num_examples)
-      examples = examples.shuffle(buffer_size, seed=shuffle_seed)
-      examples = examples.skip(first_step * batch_size)
-      if cached is None:
-        examples = parallel_map(examples, decode)
-      positions = tf.data.Dataset.range(first_step * batch_size, steps_per_epoch * batch_size)
-
-      def augment(position, example):
-        image, label = example
-        key = transforms.example_key(seed, epoch, position)
-        uniforms = tf.random.stateless_uniform([self.transforms.num_uniforms], seed=key)
-        return {"image": self.transforms.train(image, uniforms), "label": label}
-
-      batches = tf.data.Dataset.zip(positions, examples)  # zip stops at the dropped remainder
-      batches = parallel_map(batches, augment)
-      batches = batches.batch(batch_size, drop_remainder=True)
-      return deterministic(batches.prefetch(self.prefetch_batches))
+    epochs = TrainEpochs(self, batch_size, seed, shard)
 
     def batches():
-      epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
+      epoch, step_in_epoch = divmod(start_step, epochs.steps_per_epoch)
       mask = np.ones(batch_size, bool)
       while True:
-        with self._naming_undecodable(split):
-          for batch in epoch_pipeline(epoch, step_in_epoch).as_numpy_iterator():
+        with self._naming_undecodable(epochs.split):
+          for batch in epochs.batches(epoch, step_in_epoch).as_numpy_iterator():
             yield {**batch, "mask": mask}
         epoch, step_in_epoch = epoch + 1, 0
 
@@ -162,3 +133,56 @@ class TfdsPipeline:
       batches = deterministic(dataset).as_numpy_iterator()
     return padding.pad_eval_batches(batches, batch_size, shard.num_eval_batches(total, batch_size),
                                  padding.example_shapes(self.image_size, np.uint8))
+
+
+class TrainEpochs:
+  """One host's training epochs. Each is its own tf.data pipeline, built the same way whether or
+  not earlier epochs ran in this process: that is what makes resuming exact."""
+
+  def __init__(self, pipeline: TfdsPipeline, batch_size: int, seed: int, shard: hosts.HostShard):
+    self.pipeline, self.batch_size, self.seed, self.shard = pipeline, batch_size, seed, shard
+    self.split = tfds.even_splits(pipeline.train_split, n=shard.count,
+                                  drop_remainder=True)[shard.index]
+    self.num_examples = pipeline.num_examples(self.split)
+    self.steps_per_epoch = hosts.train_steps_per_epoch(self.num_examples, batch_size,
+                                                       pipeline.spec.name)
+    self._cached = None
+    if pipeline.cache:
+      self._cached = parallel_map(pipeline.read(self.split), self._decode).cache()
+
+  def _decode(self, image, label):
+    return self.pipeline.transforms.decode(image), label
+
+  def examples(self, epoch: int, first_step: int) -> tf.data.Dataset:
+    """(position in the epoch, (stored image, label)) from first_step on, in the epoch's order;
+    the stored image is the encoded one, or the decoded one where the dataset is cached."""
+    shuffle_seed = randomness.epoch_seed(self.seed, epoch, self.shard)
+    examples = self._cached
+    if examples is None:
+      examples = self.pipeline.read(self.split, shuffle_seed=shuffle_seed)
+    # A buffer larger than the dropped remainder makes each epoch read the split to its end,
+    # which is what completes the cache in the first epoch.
+    buffer_size = min(max(self.pipeline.shuffle_buffer_size, self.batch_size), self.num_examples)
+    examples = examples.shuffle(buffer_size, seed=shuffle_seed)
+    examples = examples.skip(first_step * self.batch_size)
+    if self._cached is None:
+      examples = parallel_map(examples, self._decode)
+    positions = tf.data.Dataset.range(first_step * self.batch_size,
+                                      self.steps_per_epoch * self.batch_size)
+    return tf.data.Dataset.zip(positions, examples)  # zip stops at the dropped remainder
+
+  def uniforms(self, epoch: int, position: tf.Tensor) -> tf.Tensor:
+    """The random numbers of the example at `position` of `epoch`: a pure function of both."""
+    key = transforms.example_key(self.seed, epoch, position)
+    return tf.random.stateless_uniform([self.pipeline.transforms.num_uniforms], seed=key)
+
+  def batches(self, epoch: int, first_step: int) -> tf.data.Dataset:
+    train = self.pipeline.transforms.train
+
+    def augment(position, example):
+      image, label = example
+      return {"image": train(image, self.uniforms(epoch, position)), "label": label}
+
+    batches = parallel_map(self.examples(epoch, first_step), augment)
+    batches = batches.batch(self.batch_size, drop_remainder=True)
+    return deterministic(batches.prefetch(self.pipeline.prefetch_batches))

@@ -172,6 +172,12 @@ def random_resized_crop_box(height: tf.Tensor, width: tf.Tensor, uniforms: tf.Te
   return tf.where(tf.reduce_any(fits), sampled, fallback)
 
 
+def jpeg_crop_box(encoded: tf.Tensor, uniforms: tf.Tensor) -> tf.Tensor:
+  """The RandomResizedCrop box [top, left, h, w] of a JPEG for the ImageNet train draws."""
+  shape = tf.image.extract_jpeg_shape(encoded)
+  return random_resized_crop_box(shape[0], shape[1], uniforms[:4 * RRC_ATTEMPTS])
+
+
 def widened_crop(box: tf.Tensor, image_width) -> tuple[tf.Tensor, tf.Tensor]:
   """The crop window [top, left, h, w] widened by at least one column on each side and to a
   multiple of WIDTH_STEP columns, as far as the image allows; and the offset of the crop's first
@@ -223,9 +229,8 @@ def imagenet(size: int) -> Transforms:
   short_side = resize_size(size)
 
   def train(encoded, uniforms):
-    shape = tf.image.extract_jpeg_shape(encoded)
-    box = random_resized_crop_box(shape[0], shape[1], uniforms[:4 * RRC_ATTEMPTS])
-    window, left = widened_crop(box, shape[1])
+    box = jpeg_crop_box(encoded, uniforms)
+    window, left = widened_crop(box, tf.image.extract_jpeg_shape(encoded)[1])
     crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=3,
                                          dct_method="INTEGER_ACCURATE")
     return resize_like_pil(crop, (size, size), crop=(0, left, box[2], box[3]),
