@@ -83,29 +83,63 @@ def create_writer(workdir: str):
 
 
 class Progress:
-  """Steps/s, images/s and the estimated time to the end of training."""
+  """Steps/s, images/s, the share of time spent waiting for input, and the time to the end.
 
-  def __init__(self, num_train_steps: int, global_batch_size: int, start_step: int):
+  The input wait is the wall time spent in next() on the training iterator (`next_batch`) as a
+  fraction of each logging interval. The step is dispatched asynchronously, so while the host
+  waits for the next batch the accelerator runs the step before; a share near 100% means the
+  accelerator idles for the host's input pipeline. When it stays at or above `wait_warning` for
+  `wait_patience` intervals in a row, one warning says so and what helps.
+  """
+
+  def __init__(self, num_train_steps: int, global_batch_size: int, start_step: int,
+               wait_warning: float = 0.5, wait_patience: int = 3):
     self._num_train_steps = num_train_steps
     self._batch_size = global_batch_size
     self._last_step = start_step
     self._last_time = time.monotonic()
     self._pause_start = self._last_time
+    self._waited = 0.0
+    self._wait_warning, self._wait_patience = wait_warning, wait_patience
+    self._waiting_intervals = 0
+    self._warned = False
+
+  def next_batch(self, iterator):
+    """next(iterator), timed as input wait."""
+    start = time.monotonic()
+    try:
+      return next(iterator)
+    finally:
+      self._waited += time.monotonic() - start
 
   def __call__(self, step: int) -> dict[str, float]:
     now = time.monotonic()
-    steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
-    self._last_step, self._last_time = step, now
+    elapsed = max(now - self._last_time, 1e-9)
+    steps_per_sec = (step - self._last_step) / elapsed
+    input_wait = min(self._waited / elapsed, 1.0)
+    self._last_step, self._last_time, self._waited = step, now, 0.0
     eta = (self._num_train_steps - step) / max(steps_per_sec, 1e-9)
-    logging.info("Step %d/%d: %.2f steps/s, %.1f images/s, ETA %s", step,
+    logging.info("Step %d/%d: %.2f steps/s, %.1f images/s, input wait %.0f%%, ETA %s", step,
                  self._num_train_steps, steps_per_sec, steps_per_sec * self._batch_size,
-                 time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400
+                 100 * input_wait, time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400
                  else f"{eta / 86400:.1f} days")
-    return {"steps_per_sec": steps_per_sec, "images_per_sec": steps_per_sec * self._batch_size}
+    self._warn_if_input_bound(input_wait)
+    return {"steps_per_sec": steps_per_sec, "images_per_sec": steps_per_sec * self._batch_size,
+            "input_wait_fraction": input_wait}
+
+  def _warn_if_input_bound(self, input_wait: float) -> None:
+    self._waiting_intervals = self._waiting_intervals + 1 if input_wait >= self._wait_warning else 0
+    if self._waiting_intervals >= self._wait_patience and not self._warned:
+      self._warned = True
+      logging.warning(
+          "Training waited for input %.0f%% of the time over the last %d logging intervals: the "
+          "host's input pipeline is the bottleneck, not the accelerator. What helps: more host "
+          "CPU cores for this process (tf.data uses every core it sees), or a copy of the "
+          "dataset prepared at a lower resolution.", 100 * input_wait, self._waiting_intervals)
 
   def restart(self, step: int) -> None:
     """Measures from now and `step` on (after the first step, which includes the compile)."""
-    self._last_step, self._last_time = step, time.monotonic()
+    self._last_step, self._last_time, self._waited = step, time.monotonic(), 0.0
 
   def pause(self) -> None:
     """Excludes time spent outside training (evaluation, checkpointing) from the rates."""

@@ -280,7 +280,7 @@ class _Loop:
                  config.checkpoint_every_steps, config.keep_checkpoints)
     with preemption.installed():
       for step in range(start_step, self.num_train_steps):
-        batch = parallel.make_global_batch(next(train_iter), self.batch_sharding)
+        batch = parallel.make_global_batch(progress.next_batch(train_iter), self.batch_sharding)
         state, step_metrics = self.train_step(state, batch)
         done = step + 1
         if step == start_step:  # compile + first step: kept out of the rates and the ETA
