@@ -295,8 +295,11 @@ def profile_variants(epochs, tf, transforms):
       return filled(swapped[0, 0, 0])
     return fn
 
-  def train(dct_method="INTEGER_ACCURATE", resize="pil", normalise=False):
+  def train(dct_method="INTEGER_ACCURATE", resize="pil", normalise=False, exact_windows=False):
     def fn(position, example):
+      if exact_windows:  # the constants are read while tf.data traces this function
+        with rounding(transforms, span=1, width=1):
+          return train(dct_method, resize, normalise)(position, example)
       encoded, u = example[0], uniforms(position)
       box = transforms.jpeg_crop_box(encoded, u)
       shape = tf.image.extract_jpeg_shape(encoded)
@@ -337,6 +340,7 @@ def profile_variants(epochs, tf, transforms):
       "+ transpose": (stage(4), None),
       "ours: + horizontal pass, flip, round to uint8": (train(), None),
       "lead: normalise on the host, float32 batches": (train(normalise=True), None),
+      "lead: exact windows (matmul shapes not rounded up)": (train(exact_windows=True), None),
       "lead: dct_method INTEGER_FAST": (train(dct_method="INTEGER_FAST"), None),
       "lead: tf.image.resize bilinear, no antialiasing": (train(resize="bilinear"), None),
       "lead: DCT-domain 1/2 decode when the crop is >= 2x the output": (train(resize="dct"),
@@ -346,6 +350,16 @@ def profile_variants(epochs, tf, transforms):
       "lead: no default static optimisations": (
           train(), options(experimental_optimization__apply_default_optimizations=False)),
   }
+
+
+@contextlib.contextmanager
+def rounding(transforms, span: int, width: int):
+  saved = transforms.SPAN_STEP, transforms.WIDTH_STEP
+  transforms.SPAN_STEP, transforms.WIDTH_STEP = span, width
+  try:
+    yield
+  finally:
+    transforms.SPAN_STEP, transforms.WIDTH_STEP = saved
 
 
 def dct_downscaled(encoded, box, shape, mirror, tf, transforms):

@@ -97,3 +97,24 @@ def test_gpu_suite_smoke_runs_everything_at_tiny_sizes(tmp_path):
   assert implementations == {(name, dtype) for name in ("grouped", "shifted", "shifted_vjp",
                                                         "torch")
                              for dtype in ("bfloat16", "float32")}
+
+
+@pytest.mark.slow
+def test_input_pipeline_reports_the_decode_bound_and_eval_in_alternating_rounds(tmp_path):
+  output = tmp_path / "input_pipeline.json"
+  result = run_benchmark(
+      "input_pipeline.py", "--imagenet_images=160", "--imagenet_eval_images=64",
+      "--dogs_per_class=1", "--batch_size=8", "--rounds=2", "--allow_loaded",
+      f"--output={output}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  order = [line.split()[2].rstrip(":") for line in result.stderr.splitlines()
+           if line.strip().startswith("round ")]
+  assert order == ["pil", "ours", "bound", "bound", "ours", "pil"], order
+  report = json.loads(output.read_text())
+  train = report["imagenet_train"]
+  for figure in ("pil_torchvision_transforms", "ours", "decode_only_bound"):
+    assert len(train[figure]["rounds"]) == 2 and train[figure]["median"] > 0
+  assert train["fraction_of_bound"]["median"] == pytest.approx(
+      train["ours"]["median"] / train["decode_only_bound"]["median"])
+  assert len(report["imagenet_eval"]["ours"]["rounds"]) == 2
+  assert "decode-only bound" in result.stdout and "ImageNet eval" in result.stdout
