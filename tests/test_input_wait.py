@@ -7,8 +7,6 @@ not; the log lines and the TensorBoard scalars come from metrics.Progress.
 import logging
 import time
 
-import pytest
-
 from rap_flax import data
 from rap_flax.data.tf_import import tf
 from rap_flax.training import train_lib
