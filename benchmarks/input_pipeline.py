@@ -522,6 +522,32 @@ def main(argv=None) -> None:
                  "load_after": harness.load_average(), "batch_size": args.batch_size,
                  "rounds": args.rounds, "image_shapes": SHAPES})
   harness.write_report(args.output, report)
+  if not args.profile:
+    print(readme_row(report))
+
+
+def readme_row(report: dict) -> str:
+  """The README's benchmark table row for this report."""
+  load = max(report["load_before"]["1min"], report["load_after"]["1min"])
+  cores = report["machine"]["cpu_count"]
+  loaded = (f" (**loaded machine**: 1-minute load {load:.1f} on {cores} cores)"
+            if load > harness.LOAD_PER_CORE_LIMIT * cores else "")
+  dogs, train, evaluation = (report["stanford_dogs_train"], report["imagenet_train"],
+                             report["imagenet_eval"])
+  rate = lambda summary: f"{summary['median']:,.0f}"
+  ratio = lambda r: f"**{r['median']:.2f}x** [{r['min']:.2f}-{r['max']:.2f}]"
+  fraction = train["fraction_of_bound"]
+  return (
+      "| `python benchmarks/input_pipeline.py` | input images/s per core on generated JPEGs vs "
+      "a PIL implementation of the upstream transforms, and ImageNet training vs the JPEG "
+      f"decoder alone on the same crops{loaded} | Stanford Dogs train (cached epochs): "
+      f"{rate(dogs['ours_cached_epochs'])} vs {rate(dogs['pil_torchvision_transforms'])}: "
+      f"{ratio(dogs['ratio'])} ({dogs['ratio_first_epoch']['median']:.2f}x first epoch); "
+      f"ImageNet train: {rate(train['ours'])} vs {rate(train['pil_torchvision_transforms'])}: "
+      f"{ratio(train['ratio'])}, decode-only bound {rate(train['decode_only_bound'])}: ours at "
+      f"{fraction['median']:.0%} [{fraction['min']:.0%}-{fraction['max']:.0%}]; ImageNet eval: "
+      f"{rate(evaluation['ours'])} vs {rate(evaluation['pil_torchvision_transforms'])}: "
+      f"{ratio(evaluation['ratio'])} |")
 
 
 def throughput_report(args, rounds) -> dict:
