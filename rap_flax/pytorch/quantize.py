@@ -83,9 +83,9 @@ def _first_images(data_config, num_batches: int, batch_size: int) -> np.ndarray:
 
   if num_batches < 1:
     raise ValueError(f"--calibration_batches={num_batches}: use at least 1.")
-  images = []
+  images, to_model_input = [], data.model_input(data_config)
   for batch in data.create_eval_iterator(data_config, batch_size):
-    images.append(batch["image"][batch["mask"]])
+    images.append(np.asarray(to_model_input(batch["image"][batch["mask"]])))
     if len(images) == num_batches:
       break
   return np.concatenate(images).transpose(0, 3, 1, 2)
