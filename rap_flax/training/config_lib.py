@@ -7,8 +7,7 @@ letting it be silently ignored.
 
 from __future__ import annotations
 
-import ast
-import glob
+import json
 import math
 import os
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from rap_flax import data
+from rap_flax import data, files
 from rap_flax import spec as spec_lib
 from rap_flax.config_fields import closest, flatten, load_recipe
 from rap_flax.models import registry
@@ -227,33 +226,23 @@ def model_for_dataset(config: ml_collections.ConfigDict, info: data.DatasetInfo)
   return model
 
 
-def recorded_config(directory: str) -> ml_collections.ConfigDict | None:
-  """The config that train.py started the workdir `directory` with, read back from the
-  TensorBoard hparams it records there (flattened, non-scalars as their repr); None when
-  there is no such record."""
-  # TensorBoard's own record reader: reading one record is not worth importing tensorflow.
-  from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
-  from tensorboard.compat.tensorflow_stub import (  # pylint: disable=g-import-not-at-top
-      errors, pywrap_tensorflow)
-  from tensorboard.plugins.hparams import metadata  # pylint: disable=g-import-not-at-top
+CONFIG_FILE = "config.json"  # in a workdir: the config its latest start trained with
 
-  event_files = sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*")),
-                       key=os.path.getmtime, reverse=True)  # a resumed run records none
-  for path in event_files:
-    reader = pywrap_tensorflow.PyRecordReader_New(path)
-    while True:
-      try:
-        reader.GetNext()
-      except (errors.OutOfRangeError, errors.DataLossError):
-        break  # the end, or a record cut short by a killed run
-      for value in event_pb2.Event.FromString(reader.record()).summary.value:
-        if (value.tag == metadata.SESSION_START_INFO_TAG
-            and value.metadata.plugin_data.plugin_name == metadata.PLUGIN_NAME):
-          start = metadata.parse_session_start_info_plugin_data(
-              value.metadata.plugin_data.content)
-          return _from_flat({name: getattr(v, v.WhichOneof("kind"))
-                             for name, v in start.hparams.items()})
-  return None
+
+def record_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes `config` to WORKDIR/config.json (atomically), every field under its dotted name."""
+  with files.atomic_output(os.path.join(workdir, CONFIG_FILE)) as tmp, open(tmp, "w") as f:
+    json.dump(flatten(config), f, indent=2, sort_keys=True)
+
+
+def recorded_config(directory: str) -> ml_collections.ConfigDict | None:
+  """The config that train.py last started the workdir `directory` with; None when it
+  records none (not a workdir, or one written before 0.3)."""
+  path = os.path.join(directory, CONFIG_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return _from_flat(json.load(f))
 
 
 def _from_flat(flat: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -265,10 +254,7 @@ def _from_flat(flat: dict[str, Any]) -> ml_collections.ConfigDict:
       node = node.get(parent)
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
       continue  # a field this version no longer has
-    field_type = node.get_ref(leaf).get_type()
-    if isinstance(value, str) and (field_type is not str or value == "None"):
-      value = ast.literal_eval(value)  # "(100, 150)", "None": written as their repr
-    elif field_type is int and isinstance(value, float):
-      value = int(value)  # TensorBoard stores every number as a double
+    if isinstance(value, list):
+      value = tuple(value)  # JSON has no tuples
     node[leaf] = value
   return config

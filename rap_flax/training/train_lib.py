@@ -217,6 +217,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
     writer = metrics.create_writer(workdir)
     if start_step == 0:
       writer.write_hparams(_hparams(config))
+    if jax.process_index() == 0:
+      config_lib.record_config(config, workdir)
     logging.info("%s + %s on %s: %d classes, %d train / %d eval images at %dpx; %d "
                  "steps/epoch, %d steps in all, starting at %d; %d device(s) on %d host(s).",
                  model_spec.arch, model_spec.attention, info.name, info.num_classes,
