@@ -1,11 +1,17 @@
 """rap_flax.cli's reading of disk errors: the path and the cause, however the library that
-failed reports them (an errno, TensorFlow's or tensorstore's text, a chain of causes)."""
+failed reports them (an errno, TensorFlow's or tensorstore's text, a chain of causes), and
+nothing more of them on stderr."""
 
+import asyncio
 import errno
+import gc
+import logging as std_logging
+import os
 
 import pytest
 
 from rap_flax import cli
+from rap_flax.weights import workdir
 
 
 def _chained(inner: BaseException, outer: BaseException) -> BaseException:
@@ -51,3 +57,30 @@ def test_a_disk_error_is_one_line_with_the_path_and_the_cause(error, path, cause
     RuntimeError("Event loop is closed")])
 def test_other_errors_are_not_disk_errors(error):
   assert cli.disk_error_message(error) is None
+
+
+def _unretrieved_task_error(filename: str) -> std_logging.LogRecord:
+  """What asyncio logs when it collects a failed task nobody awaited, raised in `filename`."""
+  namespace = {}
+  exec(compile("async def write():\n  raise ValueError('No space left on device')\n",  # pylint: disable=exec-used
+               filename, "exec"), namespace)
+  loop = asyncio.new_event_loop()
+  records = []
+  loop.set_exception_handler(lambda _, context: records.append(context))
+  task = loop.create_task(namespace["write"]())
+  loop.run_until_complete(asyncio.sleep(0))
+  del task
+  gc.collect()
+  loop.close()
+  (context,) = records
+  error = context["exception"]
+  return std_logging.LogRecord("asyncio", std_logging.ERROR, __file__, 0, context["message"],
+                               None, (type(error), error, error.__traceback__))
+
+
+def test_orbax_tasks_failed_after_a_failed_save_are_not_logged_again():
+  workdir._ignore_late_orbax_callbacks()  # pylint: disable=protected-access
+  asyncio_logger = std_logging.getLogger("asyncio")
+  orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "serialization.py")
+  assert not asyncio_logger.filter(_unretrieved_task_error(orbax_file))
+  assert asyncio_logger.filter(_unretrieved_task_error(os.path.join(os.sep, "user", "job.py")))

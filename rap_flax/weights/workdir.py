@@ -113,6 +113,20 @@ def _ignore_late_orbax_callbacks() -> None:
 
   unraisable_hook.drops_closed_loop_errors = True
   sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
+  std_logging.getLogger("asyncio").addFilter(_drop_orbax_task_errors)
+
+
+def _drop_orbax_task_errors(record: std_logging.LogRecord) -> bool:
+  """A failed write leaves orbax's other serialization tasks failed and unawaited; asyncio logs
+  each ("Task exception was never retrieved", with a traceback) whenever it collects them,
+  often after the failure has been reported. Those records are dropped; others pass."""
+  error = record.exc_info[1] if record.exc_info else None
+  traceback = error.__traceback__ if error is not None else None
+  while traceback is not None:
+    if f"{os.sep}orbax{os.sep}" in traceback.tb_frame.f_code.co_filename:
+      return False
+    traceback = traceback.tb_next
+  return True
 
 
 class Checkpoints:
