@@ -19,7 +19,9 @@ from typing import Callable
 
 from absl import app, flags, logging
 
-from rap_flax import config_fields, errors, files
+from rap_flax import config_fields, errors, files, platforms
+
+platforms.prepare_jax()  # before the entry point's own imports pull jax in
 
 EXIT_DIVERGED = 1
 EXIT_USAGE = 2
