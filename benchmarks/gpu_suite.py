@@ -100,24 +100,25 @@ def flax_step_worker(args, arch: str, attention: str, pool_types) -> dict:
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from rap_flax import models, spec  # pylint: disable=g-import-not-at-top
-  from rap_flax.training import config_lib, optim, parallel, train_lib, train_state
+  from rap_flax.data import DatasetInfo  # pylint: disable=g-import-not-at-top
+  from rap_flax.training import config_lib, parallel, program as program_lib
 
   config = config_lib.base_config()
-  model = models.create_model(
-      spec.ModelSpec(arch, 1000, attention, pool_types, width_multiplier=args.width),
-      dtype="bfloat16", depthwise_implementation=args.depthwise_implementation)
-  tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, 10_000))
-  mesh = parallel.create_mesh()
-  state = train_state.create_train_state(model, tx, args.image_size, 0,
-                                         parallel.replicated_sharding(mesh))
-  rng = np.random.default_rng(0)
+  config.model.arch, config.model.attention = arch, attention
+  config.model.pool_types, config.model.width_multiplier = pool_types, args.width
+  config.model.dtype = "bfloat16"
+  config.model.depthwise_implementation = args.depthwise_implementation
   size, batch_size = args.image_size, args.batch_size
+  mesh = parallel.create_mesh()
+  program = program_lib.build(config, mesh, DatasetInfo(
+      "synthetic", 1000, num_train=100 * batch_size, num_eval=batch_size, image_size=size))
+  state = program.initial_state()
+  rng = np.random.default_rng(0)
   batch = parallel.make_global_batch({
       "image": rng.uniform(size=(batch_size, size, size, 3)).astype(np.float32),
       "label": rng.integers(0, 1000, batch_size).astype(np.int32),
       "mask": np.ones(batch_size, bool)}, parallel.data_sharding(mesh))
-  step = train_lib.make_train_step(model, 0.0, mesh)
+  step = program.train_step
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start

@@ -1,6 +1,6 @@
 """Training-step throughput: rap_flax against the PyTorch model with the upstream layout.
 
-Flax side: the real training step (`rap_flax.training.train_lib.make_train_step`: forward,
+Flax side: the real training step (`rap_flax.training.program`, as train.py builds it: forward,
 backward, SGD with momentum 0.9 and coupled weight decay 1e-4). PyTorch side: forward +
 backward + torch.optim.SGD of `rap_flax.pytorch.models` (the upstream state-dict layout, NCHW),
 same model, batch and thread count. Each side runs in its own process, rounds alternate
@@ -63,25 +63,24 @@ def _time_steps(step, first_steps: int, steps: int) -> dict:
 def flax_worker(args, arch: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from rap_flax import models
-  from rap_flax.training import config_lib, optim, parallel, train_lib, train_state
+  from rap_flax.data import DatasetInfo  # pylint: disable=g-import-not-at-top
+  from rap_flax.training import config_lib, parallel, program as program_lib
 
   config = config_lib.base_config()
   config.model.arch, config.model.attention, config.model.dtype = arch, args.attention, args.dtype
   config.model.depthwise_implementation = args.depthwise_implementation
-  config.model.num_classes = args.num_classes
   mesh = parallel.create_mesh()
-  model = models.from_config(config)
-  tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, 10_000))
-  state = train_state.create_train_state(model, tx, args.image_size, 0,
-                                         parallel.replicated_sharding(mesh))
+  info = DatasetInfo("synthetic", args.num_classes, num_train=100 * args.batch_size,
+                     num_eval=args.batch_size, image_size=args.image_size)
+  program = program_lib.build(config, mesh, info)
+  state = program.initial_state()
   rng = np.random.default_rng(0)
   size = args.image_size
   batch = parallel.make_global_batch({
       "image": rng.uniform(size=(args.batch_size, size, size, 3)).astype(np.float32),
       "label": rng.integers(0, args.num_classes, args.batch_size).astype(np.int32),
       "mask": np.ones(args.batch_size, bool)}, parallel.data_sharding(mesh))
-  train_step = train_lib.make_train_step(model, 0.0, mesh)
+  train_step = program.train_step
   holder = [state]
 
   def step():

@@ -18,8 +18,8 @@ import pytest
 SCRIPT = """
 import collections, json, re
 import jax, numpy as np
-from rap_flax import models
-from rap_flax.training import config_lib, optim, parallel, train_lib, train_state
+from rap_flax.data import DatasetInfo
+from rap_flax.training import config_lib, parallel, program as program_lib
 
 config = config_lib.base_config()
 config.model.arch, config.model.attention = "mobilenetv3_large", "srap"
@@ -27,15 +27,9 @@ config.model.width_multiplier = 0.25
 config.model.depthwise_implementation = "grouped"  # the fastest to compile
 mesh = parallel.create_mesh()
 assert mesh.size == 8, mesh
-config.model.num_classes = 10
-model = models.from_config(config)
-tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 10, 100))
-state = train_state.abstract_train_state(model, tx, 64, parallel.replicated_sharding(mesh))
-sharding = parallel.data_sharding(mesh)
-batch = {"image": jax.ShapeDtypeStruct((16, 64, 64, 3), np.float32, sharding=sharding),
-         "label": jax.ShapeDtypeStruct((16,), np.int32, sharding=sharding),
-         "mask": jax.ShapeDtypeStruct((16,), bool, sharding=sharding)}
-hlo = train_lib.make_train_step(model, 0.0, mesh).lower(state, batch).compile().as_text()
+program = program_lib.build(config, mesh, DatasetInfo("synthetic", 10, 160, 16, 64))
+hlo = program.train_step.lower(program.abstract_state(),
+                               program.abstract_batch(16)).compile().as_text()
 print(json.dumps(hlo))
 """
 

@@ -281,8 +281,8 @@ _EIGHT_DEVICES = textwrap.dedent("""
     from jax.sharding import Mesh
     from ml_collections import config_flags
     from absl import flags
-    from rap_flax import data, models
-    from rap_flax.training import optim, parallel, train_lib, train_state
+    from rap_flax import data
+    from rap_flax.training import parallel, program as program_lib, train_lib
 
     argv, workdir = ["x", "--config=" + sys.argv[1]] + sys.argv[2:-1], sys.argv[-1]
     config_flags.DEFINE_config_file("config", sys_argv=argv)
@@ -290,12 +290,10 @@ _EIGHT_DEVICES = textwrap.dedent("""
     config = flags.FLAGS.config
     assert jax.device_count() == 8
     info = data.get_dataset_info(config.data)
-    model = models.from_config(config, info.num_classes)
-    tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 10, 100))
     meshes = {n: Mesh(np.asarray(jax.devices()[:n]), ("data",)) for n in (1, 8)}
-    steps = {n: train_lib.make_train_step(model, 0.1, mesh) for n, mesh in meshes.items()}
-    state = jax.device_get(train_state.create_train_state(
-        model, tx, info.image_size, 0, parallel.replicated_sharding(meshes[1])))
+    programs = {n: program_lib.build(config, mesh, info) for n, mesh in meshes.items()}
+    steps = {n: program.train_step for n, program in programs.items()}
+    state = jax.device_get(programs[1].initial_state())
     flat = lambda tree: np.concatenate([np.ravel(x).astype(np.float64)
                                         for x in jax.tree.leaves(tree)])
     report = []
@@ -333,7 +331,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
 def test_eight_devices_match_one_device_on_the_same_global_batch(tmp_path, jax_cache):
   result = subprocess.run(
       [sys.executable, "-c", _EIGHT_DEVICES, str(DIGITS), *TINY, "--config.warmup_epochs=0",
-       "--config.model.attention=srap",
+       "--config.model.attention=srap", "--config.label_smoothing=0.1",
        str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600,
       env=subprocess_env(jax_cache, devices=8))
   assert result.returncode == 0, result.stderr[-5000:]

@@ -21,8 +21,11 @@ Implementations:
   output rows inside one fused elementwise pass, so only small partial sums are
   reduced, and the input gradient is a stride-1 correlation of the output gradient per
   stride phase.
-* ``auto``: the implementation measured fastest on ``jax.default_backend()`` (see
-  ``DEFAULT_IMPLEMENTATION``; ``benchmarks/depthwise_conv.py`` produces the figures).
+* ``auto``: the implementation measured fastest on the platform the model is built for
+  (``rap_flax.create_model(..., platform=)``; the training program passes its mesh's, so a
+  step compiled for a TPU from a CPU host gets ``grouped``), else on
+  ``jax.default_backend()`` (see ``DEFAULT_IMPLEMENTATION``; ``benchmarks/depthwise_conv.py``
+  produces the figures).
 
 Whatever implementation runs, the parameter is ``kernel`` of shape ``(kh, kw, 1, C)`` in
 float32, so checkpoints are interchangeable between implementations.

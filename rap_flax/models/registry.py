@@ -27,7 +27,8 @@ def create_model(arch: str | spec_lib.ModelSpec, num_classes: int | None = None,
                  attention: str = "srap", pool_types: Sequence[str] = ("avg", "std"),
                  rates: Sequence[float] | None = (0.5, 0.5), width_multiplier: float = 1.0,
                  cifar: bool = False, lightweight_head: bool = False, dtype="float32",
-                 depthwise_implementation: str = "auto") -> MobileNet:
+                 depthwise_implementation: str = "auto",
+                 platform: str | None = None) -> MobileNet:
   """Builds `arch` (a name, or a whole `rap_flax.spec.ModelSpec`) with gate `attention`.
 
   `pool_types`/`rates` configure srap/mrap; mafc uses `pool_types` and ignores `rates`;
@@ -35,6 +36,8 @@ def create_model(arch: str | spec_lib.ModelSpec, num_classes: int | None = None,
   `dtype` is the compute dtype (parameters stay float32). `depthwise_implementation` picks
   how the depthwise convolutions run ("auto": the fastest measured on the backend; see
   `rap_flax.layers.depthwise`): speed and compile time only, never the parameters.
+  `platform` ("cpu", "gpu", "tpu") is the backend the model will be compiled for, which
+  resolves "auto"; None leaves that to jax's default backend when the model runs.
   """
   if isinstance(arch, spec_lib.ModelSpec):
     model_spec = arch
@@ -46,8 +49,8 @@ def create_model(arch: str | spec_lib.ModelSpec, num_classes: int | None = None,
     if dtype not in DTYPES:
       raise ValueError(f"Unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}.")
     dtype = DTYPES[dtype]
-  depthwise.resolve_implementation(depthwise_implementation)  # fails early when unknown
-  return MobileNet(model_spec, dtype, depthwise_implementation)
+  resolved = depthwise.resolve_implementation(depthwise_implementation, platform)
+  return MobileNet(model_spec, dtype, resolved if platform else depthwise_implementation)
 
 
 def spec_from_config(config, num_classes: int | None = None) -> spec_lib.ModelSpec:
@@ -65,8 +68,11 @@ def spec_from_config(config, num_classes: int | None = None) -> spec_lib.ModelSp
                             model.width_multiplier, model.cifar, model.lightweight_head)
 
 
-def from_config(config, num_classes: int | None = None) -> MobileNet:
+def from_config(config, num_classes: int | None = None,
+                platform: str | None = None) -> MobileNet:
   """The model a training config describes: what train.py, eval.py, the converter, the
-  exporter and the notebook build. `num_classes`: as for `spec_from_config`."""
+  exporter and the notebook build. `num_classes`: as for `spec_from_config`; `platform`:
+  as for `create_model`."""
   return create_model(spec_from_config(config, num_classes), dtype=config.model.dtype,
-                      depthwise_implementation=config.model.depthwise_implementation)
+                      depthwise_implementation=config.model.depthwise_implementation,
+                      platform=platform)

@@ -208,10 +208,12 @@ def smallest_image_size(model_spec: spec_lib.ModelSpec) -> int:
   return 1 if gated_stride is None else gated_stride + 1
 
 
-def model_for_dataset(config: ml_collections.ConfigDict, info: data.DatasetInfo):
+def model_for_dataset(config: ml_collections.ConfigDict, info: data.DatasetInfo,
+                      platform: str | None = None):
   """The model of `config` for the dataset `info` describes: its classes unless
-  config.model.num_classes is set, and then they must agree."""
-  model = registry.from_config(config, info.num_classes)
+  config.model.num_classes is set, and then they must agree. `platform`: the backend it is
+  built for (see rap_flax.create_model)."""
+  model = registry.from_config(config, info.num_classes, platform)
   if model.model_spec.num_classes != info.num_classes:
     raise ValueError(f"config.model.num_classes={model.model_spec.num_classes}, but "
                      f"{info.name!r} has {info.num_classes} classes; unset it (None: the "

@@ -56,8 +56,9 @@ def initialize_distributed(coordinator_address: str | None = None,
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def create_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def create_mesh(devices=None) -> Mesh:
+  """One "data" axis over `devices` (default: every device of every host)."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:

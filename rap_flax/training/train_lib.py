@@ -13,7 +13,7 @@ import functools
 import math
 import os
 import signal
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -21,42 +21,13 @@ import ml_collections
 from absl import logging
 from clu import parameter_overview
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
 
 from rap_flax import data, files, weights
 from rap_flax.errors import Interrupted, Preempted
-from rap_flax.training import config_lib, evaluate, metrics, optim, parallel, workdir_lock
-from rap_flax.training import train_state as train_state_lib
+from rap_flax.training import config_lib, evaluate, metrics, parallel, workdir_lock
+from rap_flax.training import program as program_lib
 from rap_flax.training.train_state import TrainState
 from rap_flax.weights.workdir import Checkpoints
-
-TrainStep = Callable[[TrainState, Any], tuple[TrainState, metrics.Metrics]]
-
-
-def make_train_step(model, label_smoothing: float, mesh: Mesh,
-                    model_input=data.model_input()) -> TrainStep:
-  """Forward, backward and SGD update on one global batch; the old state is donated."""
-
-  def train_step(state: TrainState, batch) -> tuple[TrainState, metrics.Metrics]:
-    mask = batch["mask"].astype(jnp.float32)
-
-    def loss_fn(params):
-      logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                    model_input(batch["image"]), train=True,
-                                    mutable=["batch_stats"])
-      outputs = metrics.per_example_outputs(logits, batch["label"], label_smoothing)
-      loss = jnp.sum(outputs["loss"] * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-      return loss, (outputs, updates["batch_stats"])
-
-    (_, (outputs, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    return state, metrics.Metrics.single_from_model_output(mask=batch["mask"], **outputs)
-
-  replicated = parallel.replicated_sharding(mesh)
-  return jax.jit(train_step, in_shardings=(replicated, parallel.data_sharding(mesh)),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
-
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
@@ -147,16 +118,16 @@ def _enable_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compilation_cache"))
 
 
-def _initial_state(config, model, tx, image_size: int, sharding) -> TrainState:
+def _initial_state(program: program_lib.TrainProgram) -> TrainState:
   """A fresh state, with the weights of config.init_from where they fit (fine-tuning)."""
-  state = train_state_lib.create_train_state(model, tx, image_size, config.seed, sharding)
+  config, state = program.config, program.initial_state()
   if not config.init_from:
     return state
-  matched = weights.match_variables(config.init_from, model, config.init_from_checkpoint,
-                                    config.init_from_exclude or None)
+  matched = weights.match_variables(config.init_from, program.model,
+                                    config.init_from_checkpoint, config.init_from_exclude or None)
   flat = weights.flatten(jax.device_get(state.variables))
   flat.update(matched.variables)
-  variables = jax.device_put(weights.unflatten(flat), sharding)
+  variables = jax.device_put(weights.unflatten(flat), program.replicated)
   logging.info("Initialised %d of %d variables from %s.", len(matched.variables), len(flat),
                config.init_from)
   for name in matched.reinitialised:
@@ -187,27 +158,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
   parallel.per_host_batch_size(config.eval_batch_size, "eval_batch_size")
 
   info = data.get_dataset_info(config.data)
-  model = config_lib.model_for_dataset(config, info)
-  model_spec = model.model_spec
-  steps_per_epoch = info.num_train // config.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"batch_size={config.batch_size} exceeds the {info.num_train} training "
-                     f"examples of {info.name!r}; lower --config.batch_size.")
-  num_train_steps = (config.num_train_steps if config.num_train_steps > 0
-                     else math.ceil(config.num_epochs * steps_per_epoch))
-  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch, num_train_steps)
-  tx = optim.create_optimizer(config, learning_rate_fn)
-  replicated = parallel.replicated_sharding(mesh)
+  program = program_lib.build(config, mesh, info)
+  model, model_spec = program.model, program.model.model_spec
+  steps_per_epoch, num_train_steps = program.steps_per_epoch, program.num_train_steps
   results_path = os.path.join(workdir, "results.json")
   _enable_compilation_cache(config, workdir)
 
   with Checkpoints(workdir, keep=config.keep_checkpoints) as checkpoints:
     if checkpoints.steps():
-      target = train_state_lib.abstract_train_state(model, tx, info.image_size, replicated)
-      state, best_val_top1 = checkpoints.restore(target, model_spec)
+      state, best_val_top1 = checkpoints.restore(program.abstract_state(), model_spec)
     else:
-      state, best_val_top1 = _initial_state(config, model, tx, info.image_size,
-                                            replicated), None
+      state, best_val_top1 = _initial_state(program), None
     start_step = int(jax.device_get(state.step))
     if start_step >= num_train_steps and os.path.exists(results_path):
       logging.info("%s is already complete at step %d (results in %s); nothing to do.",
@@ -227,8 +188,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
     if jax.process_index() == 0:
       _log_model_overview(state, model, info.image_size, workdir)
 
-    loop = _Loop(config, mesh, model, learning_rate_fn, checkpoints, writer, steps_per_epoch,
-                 num_train_steps, best_val_top1)
+    loop = _Loop(program, checkpoints, writer, best_val_top1)
     train_iter = data.create_train_iterator(config.data, batch_size=local_batch_size,
                                             start_step=start_step, seed=config.seed)
     try:
@@ -251,18 +211,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
 class _Loop:
   """The step loop: train, log, evaluate, checkpoint, and stop on divergence or preemption."""
 
-  def __init__(self, config, mesh, model, learning_rate_fn, checkpoints, writer,
-               steps_per_epoch, num_train_steps, best_val_top1):
-    self.config, self.mesh = config, mesh
-    self.model_spec = model.model_spec
-    self.learning_rate_fn = learning_rate_fn
+  def __init__(self, program: program_lib.TrainProgram, checkpoints, writer, best_val_top1):
+    self.config, self.mesh = program.config, program.mesh
+    self.model_spec = program.model.model_spec
+    self.learning_rate_fn = program.learning_rate_fn
     self.checkpoints, self.writer = checkpoints, writer
-    self.steps_per_epoch, self.num_train_steps = steps_per_epoch, num_train_steps
+    self.steps_per_epoch, self.num_train_steps = program.steps_per_epoch, program.num_train_steps
     self.best_val_top1 = best_val_top1
-    self.train_step = make_train_step(model, config.label_smoothing, mesh,
-                                      data.model_input(config.data))
-    self.eval_step = evaluate.make_eval_step(model, mesh, data.model_input(config.data))
-    self.batch_sharding = parallel.data_sharding(mesh)
+    self.train_step, self.eval_step = program.train_step, program.eval_step
+    self.batch_sharding = parallel.data_sharding(program.mesh)
     self._unchecked: tuple[int, metrics.Metrics] | None = None  # Loss not yet checked.
     self._last_train_top1: float | None = None
     self._noted_lagging_statistics = False
