@@ -177,6 +177,8 @@ def analyse(compiled, per_device_batch: int, chip: Chip, compile_s: float) -> di
       "flops": flops, "bytes_accessed": bytes_accessed, "bytes_accessed_source": source,
       "flops_per_image": None if flops is None else flops / per_device_batch,
       "bytes_per_image": bytes_accessed / per_device_batch,
+      # Of the bytes the optimized HLO's instructions access, those outside on-chip memory.
+      "off_chip_bytes_per_image": module.off_chip_bytes() / per_device_batch,
       "ops": {"fusions": counts["fusion"], "transposes": counts["transpose"],
               "convolution_custom_calls": sum(
                   1 for i in module.top_level()
@@ -312,10 +314,11 @@ def summary(report: dict[str, Any]) -> str:
         f"{_gib(memory['arguments_bytes'])}, temporaries {_gib(memory['temporaries_bytes'])}); "
         f"compiled in {step['compile_s']:.0f} s.")
   largest = report["largest_batch"]
-  if largest:
+  if largest and largest["global"]:
     lines.append(f"  largest global batch that fits: {largest['global']:,} "
-                 f"({largest['per_device']} per device; {largest['method']})."
-                 if largest["global"] else f"  largest global batch: unknown ({largest['method']}).")
+                 f"({largest['per_device']} per device; {largest['method']}).")
+  elif largest:
+    lines.append(f"  largest global batch: unknown ({largest['method']}).")
   if "memory" not in train:
     return "\n".join(lines)
   collectives = ", ".join(f"{kind} x{c['count']} ({c['bytes'] / 1e6:.1f} MB)"
@@ -323,7 +326,8 @@ def summary(report: dict[str, Any]) -> str:
   lines.append(f"  collectives per train step: {collectives}.")
   flops = (f"{train['flops_per_image'] / 1e9:.2f} GFLOP and " if train["flops"] else "")
   lines.append(f"  per image: {flops}{train['bytes_per_image'] / 1e6:.1f} MB accessed "
-               f"({train['bytes_accessed_source'].split(';')[0]}).")
+               f"({train['bytes_accessed_source'].split(';')[0]}), "
+               f"{train['off_chip_bytes_per_image'] / 1e6:.1f} MB of it off chip.")
   roofline = train["roofline_estimate"]
   lines.append(f"  roofline: {1e3 * roofline['step_s']:.1f} ms/step, "
                f"{roofline['images_per_s_per_device']:,.0f} images/s per device "

@@ -34,6 +34,15 @@ COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "coll
                "collective-broadcast")
 
 
+_ARRAY_WITH_LAYOUT = re.compile(_ARRAY.pattern + r"(\{[^}]*\})?")
+_ON_CHIP = re.compile(r"S\([1-9]\d*\)")
+
+
+def _arrays(shape_text: str) -> list[str]:
+  """Each array of a shape with its layout, e.g. ["bf16[8,16]{1,0:T(8,128)S(1)}"]."""
+  return [match.group(0) for match in _ARRAY_WITH_LAYOUT.finditer(shape_text)]
+
+
 def array_bytes(shape_text: str) -> int:
   """Bytes of every array in a shape ("f32[8,4]{1,0}", or a tuple of them)."""
   return int(sum(math.prod(int(d) for d in dims.split(",") if d) * _ITEM_BYTES[dtype]
@@ -108,6 +117,25 @@ class Module:
 
   def total_bytes_accessed(self) -> int:
     return sum(self.bytes_accessed(i) for i in self.top_level())
+
+  def off_chip_bytes(self) -> int:
+    """The part of total_bytes_accessed() in the default (off-chip) memory space.
+
+    TPU layouts mark arrays that the compiler placed in on-chip memory (VMEM) with S(1); what
+    reads or writes them there does not touch HBM, and a copy or slice between the two spaces
+    touches HBM once. An estimate of HBM traffic from the compiler's memory-space assignment.
+    """
+    total = 0
+    for instruction in self.top_level():
+      if instruction.opcode in _FREE:
+        continue
+      if instruction.opcode in ("copy-start", "slice-start"):
+        total += self.bytes_accessed(instruction) // 2
+        continue
+      shapes = [instruction.shape] + [self.shapes.get(name, "") for name in instruction.operands]
+      total += sum(array_bytes(array) for shape in shapes for array in _arrays(shape)
+                   if not _ON_CHIP.search(array))
+    return total
 
   def collectives(self) -> dict[str, dict[str, int]]:
     """{"all-reduce": {"count": n, "bytes": b}, ...}: b sums the results (per device)."""

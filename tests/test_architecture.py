@@ -16,6 +16,7 @@ GROUPS = {"base": 0, "layers": 1, "models": 2, "data": 2, "weights": 3, "trainin
 LAYERS = [
     ("rap_flax.spec", "base"), ("rap_flax.files", "base"), ("rap_flax.errors", "base"),
     ("rap_flax.config_fields", "base"), ("rap_flax.locks", "base"),
+    ("rap_flax.platforms", "base"), ("rap_flax.hlo", "base"),
     ("rap_flax.layers", "layers"), ("rap_flax.pytorch.layers", "layers"),
     ("rap_flax.pytorch.gates", "layers"),
     ("rap_flax.models", "models"), ("rap_flax.pytorch.models", "models"),

@@ -17,7 +17,6 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from rap_flax import spec as spec_lib
 from rap_flax.layers.activations import hsigmoid
@@ -28,18 +27,9 @@ linear_init = nn.initializers.normal(stddev=0.01)
 
 
 def _unbiased_std(x: jax.Array, axis) -> jax.Array:
-  """The unbiased std over `axis`, from one pass over x: the sums of d and d**2, where d is x
-  minus its first element along `axis` (so a constant map gives exactly 0, and the
-  subtraction of the two sums cancels little). The two-pass form reads x once more."""
-  axes = axis if isinstance(axis, tuple) else (axis,)
-  count = math.prod(x.shape[a] for a in axes)
-  reference = x
-  for a in axes:
-    reference = lax.slice_in_dim(reference, 0, 1, axis=a)
-  # The variance does not depend on the shift, so neither does its gradient.
-  d = x - lax.stop_gradient(reference)
-  total = jnp.sum(d, axis=axis)
-  var = (jnp.sum(jnp.square(d), axis=axis) - jnp.square(total) / count) / (count - 1)
+  count = math.prod(x.shape[a] for a in (axis if isinstance(axis, tuple) else (axis,)))
+  mean = jnp.mean(x, axis=axis, keepdims=True)
+  var = jnp.sum(jnp.square(x - mean), axis=axis) / (count - 1)
   # A constant map (a black image border) has var 0, where sqrt's gradient is infinite
   # and would turn the whole step NaN; the double where keeps the forward value exact
   # and gives that point gradient 0.
