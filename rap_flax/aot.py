@@ -67,10 +67,12 @@ CHIPS = {
 }
 GPU_TARGETS = {"h100": "h100_sxm.txtpb"}
 
-# libtpu's start-up warnings where no TPU is attached (it looks for the host's own TPU).
-_LIBTPU_NOTICES = re.compile(
+# libtpu's start-up warnings where no TPU is attached (it looks for the host's own TPU), and
+# XLA:GPU's alarm for compiles that take minutes (the norm for a whole network here).
+_COMPILER_NOTICES = re.compile(
     r"TPU_ACCELERATOR_TYPE|TPU_WORKER_HOSTNAMES|Logging before InitGoogle|"
-    r"^=== Source Location Trace|libtpu_init_utils\.cc|^WARNING: All log messages before absl")
+    r"^=== Source Location Trace|libtpu_init_utils\.cc|^WARNING: All log messages before absl|"
+    r"Very slow compile\?|^\*{20,}\s*$|slow_operation_alarm")
 
 
 def define_flags() -> None:
@@ -80,6 +82,9 @@ def define_flags() -> None:
   flags.DEFINE_enum("largest_batch", "fit", LARGEST_BATCH,
                     "fit: the largest global batch that fits, from a second compile at half "
                     "the per-device batch (memory is linear in it); none: skip it.")
+  flags.DEFINE_integer("fusions", 0, "Also list the train step's N instructions that access "
+                       "the most bytes (fusions, copies, collectives).")
+  flags.DEFINE_string("save_hlo", None, "Write the optimized HLO of the train step here.")
   flags.mark_flag_as_required("topology")
 
 
@@ -109,7 +114,7 @@ def topology_devices(name: str) -> list:
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.errors import JaxRuntimeError  # pylint: disable=g-import-not-at-top
   try:
-    with platforms.stderr_without(_LIBTPU_NOTICES):
+    with platforms.stderr_without(_COMPILER_NOTICES):
       return topologies.get_topology_desc(topology_name=name, platform="tpu").devices
   except JaxRuntimeError as error:
     reason = str(error).split(": ", 1)[-1].strip()
@@ -153,7 +158,25 @@ def _memory(compiled) -> dict[str, int]:
                          stats.generated_code_size_in_bytes}
 
 
-def analyse(compiled, per_device_batch: int, chip: Chip, compile_s: float) -> dict[str, Any]:
+def _layer_of(instruction: hlo.Instruction) -> str:
+  """"fwd stage2/unit1/conv1 conv_general_dilated" from the instruction's jax op_name."""
+  name = instruction.op_name
+  passes = "bwd" if "transpose(" in name else "fwd"
+  path = [part for part in name.split("/") if not part.startswith(("jit(", "jvp(", "transpose("))]
+  if "backbone" in path:
+    path = path[path.index("backbone") + 1:]
+  return f"{passes} {'/'.join(path)}" if path else passes
+
+
+def largest_instructions(module: hlo.Module, count: int, per_device_batch: int) -> list[dict]:
+  return [{"mb_per_image": size / per_device_batch / 1e6, "opcode": instruction.opcode,
+           "where": _layer_of(instruction),
+           "result": re.sub(r"\{[^}]*\}", "", instruction.shape)[:120]}
+          for size, instruction in module.largest(count)]
+
+
+def analyse(compiled, per_device_batch: int, chip: Chip, compile_s: float,
+            fusions: int = 0) -> dict[str, Any]:
   """Memory, collectives, flops, bytes and the roofline of one compiled step (per device)."""
   module = hlo.Module(compiled.as_text())
   cost = compiled.cost_analysis()
@@ -164,8 +187,7 @@ def analyse(compiled, per_device_batch: int, chip: Chip, compile_s: float) -> di
   else:
     flops = None
     bytes_accessed = module.total_bytes_accessed()
-    source = ("summed from the optimized HLO (operands + results of every top-level "
-              "instruction); the compiler's cost analysis is unavailable on this path")
+    source = "summed from the optimized HLO (no cost analysis on this path)"
   memory = _memory(compiled)
   memory_s = bytes_accessed / chip.hbm_bandwidth
   compute_s = (flops or 0.0) / chip.peak_flops
@@ -179,6 +201,7 @@ def analyse(compiled, per_device_batch: int, chip: Chip, compile_s: float) -> di
       "bytes_per_image": bytes_accessed / per_device_batch,
       # Of the bytes the optimized HLO's instructions access, those outside on-chip memory.
       "off_chip_bytes_per_image": module.off_chip_bytes() / per_device_batch,
+      "largest_instructions": largest_instructions(module, fusions, per_device_batch),
       "ops": {"fusions": counts["fusion"], "transposes": counts["transpose"],
               "convolution_custom_calls": sum(
                   1 for i in module.top_level()
@@ -202,7 +225,8 @@ def _compile(step, *args):
 
   start = time.perf_counter()
   try:
-    compiled = step.lower(*args).compile()
+    with platforms.stderr_without(_COMPILER_NOTICES):
+      compiled = step.lower(*args).compile()
   except JaxRuntimeError as error:
     if "RESOURCE_EXHAUSTED" not in str(error):
       raise
@@ -210,15 +234,20 @@ def _compile(step, *args):
   return compiled, time.perf_counter() - start
 
 
-def _step_report(step, args, per_device_batch: int, chip: Chip) -> dict[str, Any]:
+def _step_report(step, args, per_device_batch: int, chip: Chip, fusions: int = 0,
+                 save_hlo: str | None = None) -> dict[str, Any]:
   try:
     compiled, seconds = _compile(step, *args)
   except _DoesNotFit as error:
     return {"per_device_batch": per_device_batch, "fits": False, "compiler": str(error)}
-  return {"fits": None, **analyse(compiled, per_device_batch, chip, seconds)}
+  if save_hlo:
+    with files.atomic_output(save_hlo) as tmp, open(tmp, "w") as f:
+      f.write(compiled.as_text())
+  return {"fits": None, **analyse(compiled, per_device_batch, chip, seconds, fusions)}
 
 
-def size(config, topology: str, largest_batch: str = "fit") -> dict[str, Any]:
+def size(config, topology: str, largest_batch: str = "fit", fusions: int = 0,
+         save_hlo: str | None = None) -> dict[str, Any]:
   """Compiles config's train and eval steps for `topology`; returns the report (see module)."""
   from rap_flax.training import config_lib, parallel  # pylint: disable=g-import-not-at-top
   from rap_flax.training import program as program_lib  # pylint: disable=g-import-not-at-top
@@ -235,7 +264,7 @@ def size(config, topology: str, largest_batch: str = "fit") -> dict[str, Any]:
   program = program_lib.build(config, mesh, _dataset_info(config))
   state = program.abstract_state()
   train = _step_report(program.train_step, (state, program.abstract_batch(config.batch_size)),
-                       config.batch_size // count, chip)
+                       config.batch_size // count, chip, fusions, save_hlo)
   evaluation = _step_report(program.eval_step, (state.variables, program.abstract_batch(
       config.eval_batch_size)), config.eval_batch_size // count, chip)
   for step in (train, evaluation):
@@ -325,9 +354,11 @@ def summary(report: dict[str, Any]) -> str:
                           for kind, c in sorted(train["collectives"].items())) or "none"
   lines.append(f"  collectives per train step: {collectives}.")
   flops = (f"{train['flops_per_image'] / 1e9:.2f} GFLOP and " if train["flops"] else "")
+  off_chip = train["off_chip_bytes_per_image"]
   lines.append(f"  per image: {flops}{train['bytes_per_image'] / 1e6:.1f} MB accessed "
-               f"({train['bytes_accessed_source'].split(';')[0]}), "
-               f"{train['off_chip_bytes_per_image'] / 1e6:.1f} MB of it off chip.")
+               f"({train['bytes_accessed_source']})" + (
+                   f", {off_chip / 1e6:.1f} MB of it outside on-chip memory."
+                   if off_chip < 0.99 * train["bytes_per_image"] else "."))
   roofline = train["roofline_estimate"]
   lines.append(f"  roofline: {1e3 * roofline['step_s']:.1f} ms/step, "
                f"{roofline['images_per_s_per_device']:,.0f} images/s per device "
@@ -339,8 +370,12 @@ def summary(report: dict[str, Any]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"Unexpected arguments: {argv[1:]}; flags take the form --name=value.")
-  report = size(cli.load_config(), FLAGS.topology, FLAGS.largest_batch)
+  report = size(cli.load_config(), FLAGS.topology, FLAGS.largest_batch, FLAGS.fusions,
+                files.expand(FLAGS.save_hlo) if FLAGS.save_hlo else None)
   print(summary(report))
+  for row in report["train_step"].get("largest_instructions", []):
+    print(f"  {row['mb_per_image']:6.2f} MB/image  {row['opcode']:12s} {row['where']:40s} "
+          f"{row['result'][:60]}")
   if FLAGS.output:
     output = files.expand(FLAGS.output)
     with files.atomic_output(output) as tmp, open(tmp, "w") as f:
