@@ -16,7 +16,7 @@ from typing import Iterator
 
 from rap_flax.data import catalog, digits, hosts, synthetic
 from rap_flax.data.config import DatasetInfo, default_config
-from rap_flax.data.model_input import model_input
+from rap_flax.data.model_input import image_dtype, model_input
 from rap_flax.data.padding import Batch
 
 _IN_MEMORY = {"digits": digits.build, "synthetic": synthetic.build}
@@ -80,4 +80,4 @@ def create_eval_iterator(data_config, batch_size: int, *, process_index: int | N
 
 
 __all__ = ["DATASETS", "Batch", "DatasetInfo", "create_eval_iterator", "create_train_iterator",
-           "default_config", "get_dataset_info", "model_input", "num_classes"]
+           "default_config", "get_dataset_info", "image_dtype", "model_input", "num_classes"]

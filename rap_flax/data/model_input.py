@@ -19,6 +19,11 @@ from rap_flax.data.transform_constants import IMAGENET_MEAN, IMAGENET_STD
 ModelInput = Callable[[Any], Any]  # a jax array of images -> float32 model input
 
 
+def image_dtype(data_config) -> np.dtype:
+  """The dtype of batch["image"] as data_config's pipeline hands it over."""
+  return np.dtype(np.uint8 if data_config.dataset in catalog.TFDS_DATASETS else np.float32)
+
+
 def model_input(data_config=None) -> ModelInput:
   """The function the train and eval steps apply to batch["image"] of data_config's dataset
   (None: float32 images that go to the model as they are). Works on jax and numpy arrays."""

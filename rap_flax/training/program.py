@@ -24,6 +24,7 @@ import optax
 from jax.sharding import Mesh
 
 from rap_flax import data
+from rap_flax.data import padding
 from rap_flax.models.mobilenet import MobileNet
 from rap_flax.training import config_lib, evaluate, metrics, optim, parallel
 from rap_flax.training import train_state as train_state_lib
@@ -92,11 +93,10 @@ class TrainProgram:
   def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     """A global batch of `batch_size` as the input pipeline delivers it, sharded over the mesh."""
     sharding = parallel.data_sharding(self.mesh)
-    size = self.image_size
-    return {"image": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32,
-                                          sharding=sharding),
-            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding),
-            "mask": jax.ShapeDtypeStruct((batch_size,), jnp.bool_, sharding=sharding)}
+    shapes = {**padding.example_shapes(self.image_size, data.image_dtype(self.config.data)),
+              "mask": ((), jnp.bool_)}
+    return {name: jax.ShapeDtypeStruct((batch_size, *shape), dtype, sharding=sharding)
+            for name, (shape, dtype) in shapes.items()}
 
 
 def mesh_platform(mesh: Mesh) -> str:
