@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import os
 
 import jax
@@ -28,8 +27,8 @@ from flax import traverse_util
 import harness
 from rap_flax import data, spec
 from rap_flax.layers import norm
-from rap_flax.training import config_lib, evaluate, metrics, optim, parallel, train_lib
-from rap_flax.training import train_state as train_state_lib
+from rap_flax.training import evaluate, metrics, parallel
+from rap_flax.training import program as program_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "digits_srap.py")
@@ -93,17 +92,10 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   config = load_config()
   mesh = parallel.create_mesh()
-  info = data.get_dataset_info(config.data)
-  model = config_lib.model_for_dataset(config, info)
-  steps_per_epoch = info.num_train // config.batch_size
-  num_train_steps = math.ceil(config.num_epochs * steps_per_epoch)
-  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch, num_train_steps)
-  replicated = parallel.replicated_sharding(mesh)
-  state = train_state_lib.create_train_state(
-      model, optim.create_optimizer(config, learning_rate_fn), info.image_size, config.seed,
-      replicated)
-  train_step = train_lib.make_train_step(model, config.label_smoothing, mesh)
-  eval_step = evaluate.make_eval_step(model, mesh)
+  program = program_lib.build(config, mesh, data.get_dataset_info(config.data))
+  model, steps_per_epoch, replicated = program.model, program.steps_per_epoch, program.replicated
+  state = program.initial_state()
+  train_step, eval_step = program.train_step, program.eval_step
   batches = data.create_train_iterator(config.data, batch_size=config.batch_size,
                                        start_step=0, seed=config.seed)
   epochs, window = [], None
