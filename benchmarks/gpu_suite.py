@@ -9,16 +9,21 @@ Measures, each framework in its own process:
      MobileNetV2 + SRAP: rap_flax vs the repo's PyTorch model (upstream layout) in eager AMP
      (bfloat16 autocast) with channels_last, and vs torch.compile of it; images/s, step time,
      peak memory, compile time; plus XLA's cost analysis of the Flax step (flops, bytes
-     accessed) as achieved fractions of the card's HBM bandwidth and bfloat16 peak
+     accessed) as achieved fractions of the card's HBM bandwidth and bfloat16 peak; and, as
+     the reference PyTorch users pick, timm's `mobilenetv3_large_100` (its own SE gates)
+     trained the same way, eager and compiled (skipped, with the reason, where timm is absent)
      -> results/gpu_train_step.json.
-`--smoke` runs all of it at tiny sizes on the CPU (the test suite does, so it cannot rot).
+A part that fails records its error (the last lines of its stderr) and the others still run.
+`--smoke` runs all of it at tiny sizes on the CPU (the test suite does, so it cannot rot; it
+also runs it with tensorflow unimportable, as on the GPU machine).
 
 On the lent GPU machine (jax, flax, optax, orbax, torch present; no tensorflow, clu or
-ml_collections), carry the two pure-Python wheels it lacks. Here, in the repository root:
+ml_collections), carry the wheels it lacks: ml-collections and clu (pure Python) and wrapt,
+which clu imports (a cp312 wheel). Here, in the repository root:
     echo /.whl/ >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\
         --implementation cp --platform manylinux2014_x86_64 -d .whl \\
-        ml-collections==1.1.0 clu==0.0.12
+        ml-collections==1.1.0 clu==0.0.12 wrapt==2.5.2
 and there (carry .whl):
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
     PYTHONPATH=/tmp/site:. python3 benchmarks/gpu_suite.py --output_dir=$OUT
@@ -40,6 +45,8 @@ CASES = (("v3_large_srap", "mobilenetv3_large", "srap", ("avg", "std")),
          ("v1_mafc", "mobilenetv1", "mafc", ("avg", "std")),
          ("v2_srap", "mobilenetv2", "srap", ("avg", "std")))
 SIDES = ("flax", "torch_eager", "torch_compile")
+# timm's MobileNetV3-large, beside the headline case only.
+TIMM_MODEL, TIMM_SIDES = "mobilenetv3_large_100", ("timm_eager", "timm_compile")
 # MobileNetV3-large's depthwise layers at 224 (input size, channels, kernel, stride).
 DEPTHWISE_SHAPES = ((112, 16, 3, 1), (112, 64, 3, 2), (56, 72, 3, 1), (56, 72, 5, 2),
                     (28, 120, 5, 1), (28, 240, 3, 2), (14, 480, 3, 1), (14, 672, 5, 2),
@@ -150,10 +157,30 @@ def torch_step_worker(args, arch: str, attention: str, pool_types, compiled: boo
   from rap_flax import spec  # pylint: disable=g-import-not-at-top
   from rap_flax.pytorch import models as torch_models  # pylint: disable=g-import-not-at-top
 
-  device = "cuda" if torch.cuda.is_available() else "cpu"
   torch.manual_seed(0)
   model = torch_models.create_model(
       spec.ModelSpec(arch, 1000, attention, pool_types, width_multiplier=args.width))
+  return _time_torch_training(args, model, compiled)
+
+
+def timm_step_worker(args, compiled: bool) -> dict:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("timm") is None:
+    return {"skipped": "timm is not installed (pip install timm)"}
+  import timm  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  torch.manual_seed(0)
+  model = timm.create_model(TIMM_MODEL, num_classes=1000, pretrained=False)
+  return {"model": TIMM_MODEL, "timm": timm.__version__,
+          **_time_torch_training(args, model, compiled)}
+
+
+def _time_torch_training(args, model, compiled: bool) -> dict:
+  """The upstream recipe's step (SGD, bfloat16 autocast, channels_last) on `model`."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  device = "cuda" if torch.cuda.is_available() else "cpu"
   model = model.to(device).to(memory_format=torch.channels_last).train()
   optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
   size = args.image_size
@@ -245,11 +272,41 @@ def worker_main(args) -> None:
     result = depthwise_jax_worker(args)
   elif kind == "depthwise_torch":
     result = depthwise_torch_worker(args)
+  elif kind in TIMM_SIDES:
+    result = timm_step_worker(args, kind == "timm_compile")
   else:
     _, arch, attention, pool_types = next(c for c in CASES if c[0] == case_name)
     result = (flax_step_worker(args, arch, attention, pool_types) if kind == "flax" else
               torch_step_worker(args, arch, attention, pool_types, kind == "torch_compile"))
   harness.worker_result(result)
+
+
+def _run_part(worker: str, forwarded: list[str]) -> dict:
+  """One worker's result, or {"error": ...} when it failed: the other parts still run."""
+  try:
+    return harness.run_worker(__file__, worker, forwarded)
+  except SystemExit as failure:
+    message = str(failure).strip()
+    print(f"{worker}: FAILED, {message.splitlines()[-1] if message else 'no output'}",
+          file=sys.stderr, flush=True)
+    return {"error": message[-2000:]}
+
+
+def _images_per_second(result: dict) -> float | None:
+  return result.get("images_per_second")
+
+
+def _ratio(numerator: dict, denominator: dict) -> float | None:
+  if _images_per_second(numerator) and _images_per_second(denominator):
+    return _images_per_second(numerator) / _images_per_second(denominator)
+  return None
+
+
+def _summary(side: str, result: dict) -> str:
+  if "images_per_second" not in result:
+    return f"{side}: " + ("skipped, " + result["skipped"] if "skipped" in result else "failed")
+  return (f"{side}: {result['images_per_second']:.1f} images/s "
+          f"({1e3 * result['step_s']:.1f} ms/step, first step {result['first_step_s']:.1f} s)")
 
 
 # ----------------------------------------------------------------------------- parent
@@ -264,38 +321,36 @@ def main(argv=None) -> None:
   forwarded = [a for a in (argv if argv is not None else sys.argv[1:])
                if not a.startswith("--worker")]
   start = time.perf_counter()
-  run = lambda worker: harness.run_worker(__file__, worker, forwarded)
+  run = lambda worker: _run_part(worker, forwarded)
 
   depthwise = {"jax": run("depthwise_jax"), "torch": run("depthwise_torch")}
-  torch_ms = {(r["shape"], r["dtype"]): r["ms"] for r in depthwise["torch"]["rows"]}
-  for row in depthwise["jax"]["rows"]:
-    row["speedup_vs_torch"] = torch_ms[row["shape"], row["dtype"]] / row["ms"]
+  torch_ms = {(r["shape"], r["dtype"]): r["ms"] for r in depthwise["torch"].get("rows", [])}
+  for row in depthwise["jax"].get("rows", []):
+    if (row["shape"], row["dtype"]) in torch_ms:
+      row["speedup_vs_torch"] = torch_ms[row["shape"], row["dtype"]] / row["ms"]
   harness.write_report(os.path.join(args.output_dir, "gpu_depthwise.json"), {
-      "benchmark": "gpu_depthwise", "device": depthwise["jax"]["device"],
+      "benchmark": "gpu_depthwise", "device": depthwise["jax"].get("device"),
       "batch_size": args.batch_size, "smoke": args.smoke,
-      "rows": depthwise["jax"]["rows"] + depthwise["torch"]["rows"]})
+      "rows": depthwise["jax"].get("rows", []) + depthwise["torch"].get("rows", []),
+      "errors": {side: part["error"] for side, part in depthwise.items() if "error" in part}})
 
   cases = []
-  for name in args.cases.split(","):
+  for index, name in enumerate(args.cases.split(",")):
     case = {"case": name, "batch_size": args.batch_size, "image_size": args.image_size}
-    for side in SIDES:
+    for side in SIDES + (TIMM_SIDES if index == 0 else ()):
       case[side] = run(f"{side}:{name}")
-      print(f"{name} {side}: {case[side]['images_per_second']:.1f} images/s "
-            f"({1e3 * case[side]['step_s']:.1f} ms/step, first step "
-            f"{case[side]['first_step_s']:.1f} s)", flush=True)
-    case["flax_over_torch_eager"] = (case["flax"]["images_per_second"]
-                                     / case["torch_eager"]["images_per_second"])
-    case["flax_over_torch_compile"] = (case["flax"]["images_per_second"]
-                                       / case["torch_compile"]["images_per_second"])
+      print(f"{name} {_summary(side, case[side])}", flush=True)
+    case["flax_over_torch_eager"] = _ratio(case["flax"], case["torch_eager"])
+    case["flax_over_torch_compile"] = _ratio(case["flax"], case["torch_compile"])
     cases.append(case)
   headline = cases[0]
   flax = headline["flax"]
   harness.write_report(os.path.join(args.output_dir, "gpu_train_step.json"), {
-      "benchmark": "gpu_train_step", "device": flax["device"], "smoke": args.smoke,
-      "case": headline["case"], "batch_size": args.batch_size,
-      "flax_images_per_second": flax["images_per_second"],
-      "torch_eager_images_per_second": headline["torch_eager"]["images_per_second"],
-      "torch_compile_images_per_second": headline["torch_compile"]["images_per_second"],
+      "benchmark": "gpu_train_step",
+      "device": flax.get("device") or headline["torch_eager"].get("device"),
+      "smoke": args.smoke, "case": headline["case"], "batch_size": args.batch_size,
+      **{f"{side}_images_per_second": _images_per_second(headline[side])
+         for side in SIDES + TIMM_SIDES},
       "hbm_bandwidth_fraction": flax.get("hbm_bandwidth_fraction"),
       "bf16_peak_fraction": flax.get("bf16_peak_fraction"),
       "suite_seconds": time.perf_counter() - start, "cases": cases})

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import os
 
-import jax
 from absl import flags
 
-from rap_flax import cli, data, files, models, weights
+from rap_flax import cli  # first: it starts jax quietly (rap_flax.platforms)
+from rap_flax import data, files, models, weights
 from rap_flax.training import config_lib
+
+import jax  # noqa: E402  (after cli, see above)
 
 DIRECTIONS = ("to-flax", "to-torch", "to-onnx")
 CALIBRATION_BATCHES = 10

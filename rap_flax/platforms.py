@@ -61,9 +61,12 @@ def prepare_jax() -> None:
   """
   with stderr_without(_ABSENT_CUDA_NOTICES):
     import jax  # pylint: disable=g-import-not-at-top
-    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-    if not (os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms
-            or xla_bridge.backends_are_initialized() or accelerator_present()):
-      jax.config.update("jax_platforms", "cpu")
-    # Plugins load (and print) here rather than inside the first jax.devices().
-    xla_bridge._discover_and_register_pjrt_plugins()  # pylint: disable=protected-access
+    try:
+      from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+      if not (os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms
+              or xla_bridge.backends_are_initialized() or accelerator_present()):
+        jax.config.update("jax_platforms", "cpu")
+      # Plugins load (and print) here rather than inside the first jax.devices().
+      xla_bridge._discover_and_register_pjrt_plugins()  # pylint: disable=protected-access
+    except (ImportError, AttributeError):
+      pass  # jax's internals moved (another jax version): it starts as it always does

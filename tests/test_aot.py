@@ -67,6 +67,24 @@ def test_tpu_train_step_compiles_fits_and_only_all_reduces(tmp_path):
   # nothing (the gates' top-n ranking included) gathers another device's examples.
   assert set(train["collectives"]) == {"all-reduce"}, train["collectives"]
   assert "libtpu" not in result.stderr and "TPU_" not in result.stderr, result.stderr
+  # benchmarks/sizing.py writes the README's table from such reports.
+  sizing = _benchmark_module("sizing")
+  header, _, row = sizing.table({"v1_mafc@v5e:2x4": {"report": report}})
+  assert header.count("|") == row.count("|")
+  memory_gib = train["memory"]["total_bytes"] / 2**30
+  assert f"| MobileNetV1 + MAFC | v5e:2x2 (4 x TPU v5e) | {memory_gib:.2f} / " in row, row
+  assert f"| {train['bytes_per_image'] / 1e6:.1f}; " in row, row
+
+
+def _benchmark_module(name: str):
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  try:
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+  finally:
+    sys.path.remove(str(REPO / "benchmarks"))
 
 
 @pytest.mark.slow
