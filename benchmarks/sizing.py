@@ -25,7 +25,7 @@ import harness
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = "configs/imagenet_mafc.py"
-# (name, label, config argument, overrides)
+# name: (label, config argument, overrides)
 MODELS = {
     "v3_large_srap": ("MobileNetV3-large + SRAP", f"{RECIPE}:mobilenetv3_large",
                       ("--config.model.attention=srap",)),
@@ -49,7 +49,7 @@ def row_key(model: str, topology: str) -> str:
 
 
 def aot_command(model: str, topology: str, extra: tuple[str, ...], output: str) -> list[str]:
-  _, _, config, overrides = MODELS[model]
+  _, config, overrides = MODELS[model]
   return ["-m", "rap_flax.aot", f"--config={config}", f"--topology={topology}", *overrides,
           *COMMON, *extra, f"--output={output}"]
 
