@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import sys
 import time
 
 import harness
@@ -208,8 +207,7 @@ def main(argv=None) -> None:
   harness.check_idle(args.allow_loaded)
   load_before = harness.load_average()
   sides = ["jax"] + ([TORCH] if args.baseline == "torch" else [])
-  forwarded = [a for a in (argv if argv is not None else sys.argv[1:])
-               if not a.startswith("--worker")]
+  forwarded = harness.forwarded_argv(argv)
   rounds = harness.alternate(sides, args.rounds,
                              lambda side: harness.run_worker(__file__, side, forwarded))
   rows = aggregate(args, rounds)

@@ -292,13 +292,10 @@ def _run_part(worker: str, forwarded: list[str]) -> dict:
     return {"error": message[-2000:]}
 
 
-def _images_per_second(result: dict) -> float | None:
-  return result.get("images_per_second")
-
-
 def _ratio(numerator: dict, denominator: dict) -> float | None:
-  if _images_per_second(numerator) and _images_per_second(denominator):
-    return _images_per_second(numerator) / _images_per_second(denominator)
+  """Images/s of one side over another's; None where either part failed or was skipped."""
+  if numerator.get("images_per_second") and denominator.get("images_per_second"):
+    return numerator["images_per_second"] / denominator["images_per_second"]
   return None
 
 
@@ -318,8 +315,7 @@ def main(argv=None) -> None:
     worker_main(args)
     return
   harness.check_idle(args.allow_loaded or args.smoke)
-  forwarded = [a for a in (argv if argv is not None else sys.argv[1:])
-               if not a.startswith("--worker")]
+  forwarded = harness.forwarded_argv(argv)
   start = time.perf_counter()
   run = lambda worker: _run_part(worker, forwarded)
 
@@ -349,7 +345,7 @@ def main(argv=None) -> None:
       "benchmark": "gpu_train_step",
       "device": flax.get("device") or headline["torch_eager"].get("device"),
       "smoke": args.smoke, "case": headline["case"], "batch_size": args.batch_size,
-      **{f"{side}_images_per_second": _images_per_second(headline[side])
+      **{f"{side}_images_per_second": headline[side].get("images_per_second")
          for side in SIDES + TIMM_SIDES},
       "hbm_bandwidth_fraction": flax.get("hbm_bandwidth_fraction"),
       "bf16_peak_fraction": flax.get("bf16_peak_fraction"),

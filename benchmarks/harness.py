@@ -112,6 +112,13 @@ def run_worker(script: str, side: str, argv: Sequence[str]) -> dict[str, Any]:
   return json.loads(results[-1])
 
 
+def forwarded_argv(argv: Sequence[str] | None, *internal: str) -> list[str]:
+  """The parent's command-line flags to pass on to its workers, less --worker and the flags
+  in `internal` (those the parent sets for each worker itself)."""
+  return [a for a in (argv if argv is not None else sys.argv[1:])
+          if not a.startswith(("--worker", *internal))]
+
+
 def worker_result(result: dict[str, Any]) -> None:
   print(RESULT_PREFIX + json.dumps(result), flush=True)
 

@@ -503,8 +503,7 @@ def main(argv=None) -> None:
     return
   harness.check_idle(args.allow_loaded)
   load_before = harness.load_average()
-  forwarded = [a for a in (argv if argv is not None else sys.argv[1:])
-               if not a.startswith(("--worker", "--root"))]
+  forwarded = harness.forwarded_argv(argv, "--root")
   with tempfile.TemporaryDirectory() as root:
     train_images, validation = prepare_imagenet(root, args.imagenet_images,
                                                 args.imagenet_eval_images)

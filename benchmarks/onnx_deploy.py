@@ -206,8 +206,7 @@ def main(argv=None) -> None:
     return
   harness.check_idle(args.allow_loaded)
   load_before = harness.load_average()
-  forwarded = [a for a in (argv if argv is not None else sys.argv[1:])
-               if not a.startswith("--worker") and not a.startswith("--files")]
+  forwarded = harness.forwarded_argv(argv, "--files")
   report = {"benchmark": "onnx_deploy", "machine": harness.machine(args.threads),
             "load_before": load_before, "rounds": args.rounds,
             "iterations": args.iterations, "models": {}}

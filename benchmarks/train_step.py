@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import harness
@@ -159,8 +158,7 @@ def main(argv=None) -> None:
   harness.check_idle(args.allow_loaded)
   load_before = harness.load_average()
   sides = SIDES if args.baseline == "torch" else SIDES[:1]
-  forwarded = [a for a in (argv if argv is not None else sys.argv[1:])
-               if not a.startswith("--worker")]
+  forwarded = harness.forwarded_argv(argv)
   cases = []
   for arch in args.arch.split(","):
     rounds = harness.alternate(
