@@ -133,19 +133,26 @@ def run(main: Callable[[list[str]], int | None]) -> None:
     app.run(guarded, flags_parser=_parse_flags)
   except errors.Preempted as error:
     code = EXIT_INTERRUPTED if isinstance(error, errors.Interrupted) else EXIT_PREEMPTED
-    print(f"{error} (exit code {code})", file=sys.stderr)
+    _report(f"{error} (exit code {code})")
     sys.exit(code)
   except KeyboardInterrupt:
     if verbose:
       raise
-    print(f"Interrupted (Ctrl-C) (exit code {EXIT_INTERRUPTED})", file=sys.stderr)
+    _report(f"Interrupted (Ctrl-C) (exit code {EXIT_INTERRUPTED})")
     sys.exit(EXIT_INTERRUPTED)
   except Exception as error:  # pylint: disable=broad-except
     code, message = _reported(error, in_main)
     if verbose or code is None:
       raise  # asked for, or a bug rather than a user mistake: keep the traceback
-    print(f"error: {message}", file=sys.stderr)
+    _report(f"error: {message}")
     sys.exit(code)
+
+
+def _report(line: str) -> None:
+  """One write, so that a line logged meanwhile by another thread cannot land inside it
+  (print writes the text and its newline separately)."""
+  sys.stderr.write(line + "\n")
+  sys.stderr.flush()
 
 
 _HELP_FLAGS = ("help", "?", "helpshort", "helpfull", "helpxml")
@@ -159,7 +166,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as error:
     unknown = _unknown_override()
     message = unknown or " ".join(str(error).split())
-    print(f"error: {message} (--help lists the flags)", file=sys.stderr)
+    _report(f"error: {message} (--help lists the flags)")
     sys.exit(EXIT_USAGE)
   except SystemExit as exit_:
     asked = any(arg.lstrip("-").split("=", 1)[0] in _HELP_FLAGS for arg in argv[1:]

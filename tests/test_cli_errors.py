@@ -7,7 +7,10 @@ import errno
 import gc
 import logging as std_logging
 import os
+import types
+from typing import Callable
 
+import numpy as np
 import pytest
 
 from rap_flax import cli
@@ -59,17 +62,16 @@ def test_other_errors_are_not_disk_errors(error):
   assert cli.disk_error_message(error) is None
 
 
-def _unretrieved_task_error(filename: str) -> std_logging.LogRecord:
-  """What asyncio logs when it collects a failed task nobody awaited, raised in `filename`."""
-  namespace = {}
-  exec(compile("async def write():\n  raise ValueError('No space left on device')\n",  # pylint: disable=exec-used
-               filename, "exec"), namespace)
+def _unretrieved_error(failed: Callable[[asyncio.AbstractEventLoop], asyncio.Future]
+                       ) -> std_logging.LogRecord:
+  """What asyncio logs when it collects the failed task or future `failed(loop)` returns,
+  which nobody awaited."""
   loop = asyncio.new_event_loop()
   records = []
   loop.set_exception_handler(lambda _, context: records.append(context))
-  task = loop.create_task(namespace["write"]())
+  future = failed(loop)
   loop.run_until_complete(asyncio.sleep(0))
-  del task
+  del future
   gc.collect()
   loop.close()
   (context,) = records
@@ -78,9 +80,51 @@ def _unretrieved_task_error(filename: str) -> std_logging.LogRecord:
                                None, (type(error), error, error.__traceback__))
 
 
+def _unretrieved_task_error(filename: str) -> std_logging.LogRecord:
+  """A failed task, raised in `filename`."""
+  namespace = {}
+  exec(compile("async def write():\n  raise ValueError('No space left on device')\n",  # pylint: disable=exec-used
+               filename, "exec"), namespace)
+  return _unretrieved_error(lambda loop: loop.create_task(namespace["write"]()))
+
+
+def _unretrieved_future_error(message: str) -> std_logging.LogRecord:
+  """A failed future whose exception was raised outside Python (no traceback)."""
+
+  def failed(loop):
+    future = loop.create_future()
+    future.set_exception(ValueError(message))
+    return future
+
+  return _unretrieved_error(failed)
+
+
 def test_orbax_tasks_failed_after_a_failed_save_are_not_logged_again():
   workdir._ignore_late_orbax_callbacks()  # pylint: disable=protected-access
   asyncio_logger = std_logging.getLogger("asyncio")
   orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "serialization.py")
   assert not asyncio_logger.filter(_unretrieved_task_error(orbax_file))
+  tensorstore_error = ("UNKNOWN: Error writing local file \"/w/checkpoints/8.orbax-checkpoint-tmp/"
+                       "d/c/0\": No space left on device [tensorstore_spec='{\"driver\":"
+                       "\"zarr3\"}'] [os_error_code='28']")
+  assert not asyncio_logger.filter(_unretrieved_future_error(tensorstore_error))
+  assert asyncio_logger.filter(_unretrieved_future_error("No space left on device"))
   assert asyncio_logger.filter(_unretrieved_task_error(os.path.join(os.sep, "user", "job.py")))
+
+
+def test_a_full_disk_under_orbax_metadata_writes_names_the_checkpoint_directory(tmp_path):
+  """Orbax's metadata files are written by plain Python writes: ENOSPC there names no file."""
+  checkpoints = workdir.Checkpoints(str(tmp_path))
+
+  def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  checkpoints._manager.save = checkpoints._manager.wait_until_finished = full_disk  # pylint: disable=protected-access
+  state = types.SimpleNamespace(step=np.int32(8))
+  model_spec = types.SimpleNamespace(to_dict=dict)
+  for write in (lambda: checkpoints.save(state, model_spec=model_spec, best_val_top1=None),
+                checkpoints.wait_until_finished):
+    with pytest.raises(OSError) as raised:
+      write()
+    assert cli.disk_error_message(raised.value).startswith(
+        f"cannot write {tmp_path / 'checkpoints'}: No space left on device.")

@@ -117,11 +117,17 @@ def _ignore_late_orbax_callbacks() -> None:
 
 
 def _drop_orbax_task_errors(record: std_logging.LogRecord) -> bool:
-  """A failed write leaves orbax's other serialization tasks failed and unawaited; asyncio logs
-  each ("Task exception was never retrieved", with a traceback) whenever it collects them,
-  often after the failure has been reported. Those records are dropped; others pass."""
+  """A failed write leaves orbax's other serialization tasks, and the tensorstore futures they
+  awaited, failed and unawaited; asyncio logs each ("Task / Future exception was never
+  retrieved") whenever it collects them, often after the failure has been reported. Those
+  records are dropped: a task's by its traceback through orbax, a tensorstore future's (raised
+  in C++, no traceback) by tensorstore's payload in its message. Others pass."""
   error = record.exc_info[1] if record.exc_info else None
-  traceback = error.__traceback__ if error is not None else None
+  if error is None:
+    return True
+  traceback = error.__traceback__
+  if traceback is None:
+    return "[tensorstore_spec=" not in str(error)
   while traceback is not None:
     if f"{os.sep}orbax{os.sep}" in traceback.tb_frame.f_code.co_filename:
       return False
@@ -226,12 +232,24 @@ class Checkpoints:
     step = int(jax.device_get(state.step))
     if step in self._manager.all_steps():
       return False
-    self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)),
-        metrics=None if val_top1 is None else {METRIC: float(val_top1)},
-        custom_metadata={"model": model_spec.to_dict(), "best_val_top1": best_val_top1},
-        force=True)
+    with self._naming_the_directory():  # also finishes the previous save
+      self._manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)),
+          metrics=None if val_top1 is None else {METRIC: float(val_top1)},
+          custom_metadata={"model": model_spec.to_dict(), "best_val_top1": best_val_top1},
+          force=True)
     return True
+
+  @contextlib.contextmanager
+  def _naming_the_directory(self):
+    """Orbax writes its metadata files with plain Python writes, whose errors (a full disk)
+    name no file: those are raised again naming the checkpoint directory."""
+    try:
+      yield
+    except OSError as error:
+      if error.filename is not None or error.errno is None:
+        raise
+      raise OSError(error.errno, error.strerror, self.directory) from error
 
   def _check_model(self, step: int, model_spec: spec_lib.ModelSpec) -> dict[str, Any]:
     metadata = self._metadata(step)
@@ -297,11 +315,13 @@ class Checkpoints:
     self._manager = self._open()
 
   def wait_until_finished(self) -> None:
-    self._manager.wait_until_finished()
+    with self._naming_the_directory():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
     """Waits for pending saves, then releases orbax's threads."""
-    self._manager.close()
+    with self._naming_the_directory():
+      self._manager.close()
 
   def __enter__(self) -> "Checkpoints":
     return self
