@@ -123,6 +123,19 @@ def test_upstream_init_scheme():
   assert classifier.std() == pytest.approx(np.sqrt(2 / (512 + 10)), rel=0.1)
 
 
+def test_std_pooling_matches_the_plain_two_pass_std_and_its_gradient():
+  """The gate's std is computed around a shift held constant for autodiff (see
+  attention._unbiased_std); value and gradient are those of the textbook formula."""
+  maps = 3.0 + jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 7))
+  for axis in ((1, 2), -1):
+    reference = lambda x, axis=axis: jnp.std(x, axis=axis, ddof=1)  # noqa: E731
+    np.testing.assert_allclose(attention.pool(maps, "std", axis), reference(maps), rtol=1e-5)
+    weights = jax.random.normal(jax.random.PRNGKey(1), reference(maps).shape)
+    grad = jax.grad(lambda x: jnp.sum(weights * attention.pool(x, "std", axis)))(maps)
+    expected = jax.grad(lambda x: jnp.sum(weights * reference(x)))(maps)
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)
+
+
 def test_std_pooling_of_constant_maps_has_finite_gradients():
   """Black borders give zero-variance maps; sqrt' is infinite there, the step must not NaN."""
   maps = jnp.zeros((2, 4, 4, 3)).at[1, :2].set(jnp.arange(24.0).reshape(2, 4, 3))
