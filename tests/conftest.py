@@ -17,6 +17,7 @@ def _single_threaded_torch():
   torch.set_num_threads(threads)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items):
   """The module-scoped fixtures train models (30-90 s each). Under xdist each worker builds
   its own, so the tests of a module that use one go to a single worker (`--dist=loadgroup`,

@@ -90,7 +90,10 @@ def _benchmark_module(name: str):
 @pytest.mark.slow
 @needs_cuda_plugin
 def test_h100_train_step_compiles_and_fits(tmp_path):
-  result, report = run_aot(tmp_path, "--topology=h100", "--largest_batch=none", *SMALL)
+  # SRAP with (avg, max): XLA's GPU fusion pass spends about 8 s per gate on the std
+  # pooling's backward (benchmarks/README.md, "Compile time"); the TPU test keeps (avg, std).
+  result, report = run_aot(tmp_path, "--topology=h100", "--largest_batch=none", *SMALL,
+                           "--config.model.pool_types=('avg','max')")
   train = _check_report(result, report, devices=1, platform="gpu")
   assert train["flops"] is None and "optimized HLO" in train["bytes_accessed_source"]
   assert train["bytes_accessed"] > 0

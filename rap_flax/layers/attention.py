@@ -27,16 +27,9 @@ linear_init = nn.initializers.normal(stddev=0.01)
 
 
 def _unbiased_std(x: jax.Array, axis) -> jax.Array:
-  axes = axis if isinstance(axis, tuple) else (axis,)
-  count = math.prod(x.shape[a] for a in axes)
-  # The corrected two-pass variance around a shift held constant for autodiff: variance does
-  # not depend on the shift, so the gradient is exact, and the backward pass has no
-  # reduce-broadcast-reduce chain through the mean, on which XLA's GPU fusion pass spent 8 s
-  # per gate (rap_flax.aot --topology=h100: 89 s -> 24 s for the demo's model at 32px).
-  shift = jax.lax.stop_gradient(jnp.mean(x, axis=axes, keepdims=True))
-  centred = x - shift
-  var = (jnp.sum(jnp.square(centred), axis=axes)
-         - jnp.square(jnp.sum(centred, axis=axes)) / count) / (count - 1)
+  count = math.prod(x.shape[a] for a in (axis if isinstance(axis, tuple) else (axis,)))
+  mean = jnp.mean(x, axis=axis, keepdims=True)
+  var = jnp.sum(jnp.square(x - mean), axis=axis) / (count - 1)
   # A constant map (a black image border) has var 0, where sqrt's gradient is infinite
   # and would turn the whole step NaN; the double where keeps the forward value exact
   # and gives that point gradient 0.
