@@ -7,6 +7,7 @@ import errno
 import gc
 import logging as std_logging
 import os
+import sys
 import types
 from typing import Callable
 
@@ -128,3 +129,20 @@ def test_a_full_disk_under_orbax_metadata_writes_names_the_checkpoint_directory(
       write()
     assert cli.disk_error_message(raised.value).startswith(
         f"cannot write {tmp_path / 'checkpoints'}: No space left on device.")
+
+
+def test_a_reader_drops_the_closed_loop_errors_of_late_orbax_callbacks(tmp_path, monkeypatch,
+                                                                       capsys):
+  """A failed read's pending tensorstore callbacks may print through sys.excepthook before
+  the failure reaches the caller: a read-only Checkpoints drops them from the start."""
+  (tmp_path / "checkpoints").mkdir()
+  monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+  monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+  workdir.Checkpoints(str(tmp_path), read_only=True)
+  for error in (RuntimeError("Event loop is closed"), RuntimeError("something else")):
+    try:
+      raise error
+    except RuntimeError:
+      sys.excepthook(*sys.exc_info())
+  printed = capsys.readouterr().err
+  assert "something else" in printed and "Event loop is closed" not in printed

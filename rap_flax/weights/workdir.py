@@ -97,8 +97,8 @@ def _closed_loop_error(error: BaseException | None) -> bool:
 def _ignore_late_orbax_callbacks() -> None:
   """After a failed read or write, orbax's still-pending tensorstore operations complete into
   its closed event loop, and each reports "RuntimeError: Event loop is closed" (as an
-  unraisable exception after reads, through sys.excepthook after writes: a traceback on
-  stderr, possibly at exit). The failure itself reaches the caller; those are dropped."""
+  unraisable exception or through sys.excepthook, after reads and writes alike: a traceback
+  on stderr, possibly at exit). The failure itself reaches the caller; those are dropped."""
   if getattr(sys.unraisablehook, "drops_closed_loop_errors", False):
     return
   previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
@@ -144,8 +144,9 @@ class Checkpoints:
       raise NoCheckpointError(f"No checkpoints in {workdir}: it has no checkpoints/ directory. "
                               "Train first (python train.py --config=... --workdir=...).")
     self._read_only = read_only
-    if not read_only:
-      _ignore_late_orbax_callbacks()  # a failed save is reported once, by the caller
+    # Before any read or write: the late callbacks of a failed one can fire before its
+    # exception reaches the caller, which reports it once.
+    _ignore_late_orbax_callbacks()
     policy = ocp.checkpoint_managers
     self._options = ocp.CheckpointManagerOptions(
         best_fn=_best_fn, best_mode="max", read_only=read_only, create=not read_only,
@@ -215,7 +216,6 @@ class Checkpoints:
       except ArchitectureMismatchError:
         raise
       except Exception as error:  # pylint: disable=broad-except  # any damage: next step
-        _ignore_late_orbax_callbacks()
         if explicit:
           raise DamagedCheckpointError(
               f"Checkpoint step {step} in {self.directory} cannot be read ({_cause(error)}). "
