@@ -32,11 +32,22 @@ def atomic_output(path: str, overwrite: bool = True) -> Iterator[str]:
   os.umask(umask)
   os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the output private
   try:
-    yield tmp
-    os.replace(tmp, path)
-  except BaseException as error:
+    with naming_failed_writes(path):
+      yield tmp
+      os.replace(tmp, path)
+  except BaseException:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
-    if isinstance(error, OSError) and error.filename is None:  # a write: name the output
-      raise OSError(error.errno, error.strerror, path) from error
     raise
+
+
+@contextlib.contextmanager
+def naming_failed_writes(path: str) -> Iterator[None]:
+  """A failed write to an open file (a full disk) raises an OSError that names no file; it is
+  raised again naming `path`, so the one-line error says where."""
+  try:
+    yield
+  except OSError as error:
+    if error.filename is not None or error.errno is None:
+      raise
+    raise OSError(error.errno, error.strerror, path) from error

@@ -29,6 +29,8 @@ import time
 
 from absl import logging
 
+from rap_flax import files
+
 HEARTBEAT_SECONDS = 5.0
 STALE_SECONDS = 30.0  # a heartbeat this old (by the reader's clock, or unchanged this long)
 
@@ -136,13 +138,11 @@ class DirectoryLock:
     return LockedError(self._in_use.format(holder=holder))
 
   def _write(self) -> None:
-    try:
+    with files.naming_failed_writes(self.path):
       os.lseek(self._fd, 0, os.SEEK_SET)
       os.write(self._fd, json.dumps(dataclasses.asdict(self._holder)).encode())
       os.ftruncate(self._fd, os.lseek(self._fd, 0, os.SEEK_CUR))
       os.fsync(self._fd)
-    except OSError as error:
-      raise OSError(error.errno, error.strerror, self.path) from error
 
   def _beat(self) -> None:
     while not self._stop.wait(HEARTBEAT_SECONDS):

@@ -124,8 +124,8 @@ def test_upstream_init_scheme():
 
 
 def test_std_pooling_matches_the_plain_two_pass_std_and_its_gradient():
-  """The gate's std is computed around a shift held constant for autodiff (see
-  attention._unbiased_std); value and gradient are those of the textbook formula."""
+  """The gates' std (with its guard for constant maps): value and gradient are those of the
+  textbook formula, jnp.std with ddof=1."""
   maps = 3.0 + jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 7))
   for axis in ((1, 2), -1):
     reference = lambda x, axis=axis: jnp.std(x, axis=axis, ddof=1)  # noqa: E731

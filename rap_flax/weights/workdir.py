@@ -29,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from rap_flax import files
 from rap_flax import spec as spec_lib
 
 METRIC = "val_top1"
@@ -232,24 +233,15 @@ class Checkpoints:
     step = int(jax.device_get(state.step))
     if step in self._manager.all_steps():
       return False
-    with self._naming_the_directory():  # also finishes the previous save
+    # Orbax writes its metadata files with plain Python writes; this also finishes the
+    # previous save.
+    with files.naming_failed_writes(self.directory):
       self._manager.save(
           step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)),
           metrics=None if val_top1 is None else {METRIC: float(val_top1)},
           custom_metadata={"model": model_spec.to_dict(), "best_val_top1": best_val_top1},
           force=True)
     return True
-
-  @contextlib.contextmanager
-  def _naming_the_directory(self):
-    """Orbax writes its metadata files with plain Python writes, whose errors (a full disk)
-    name no file: those are raised again naming the checkpoint directory."""
-    try:
-      yield
-    except OSError as error:
-      if error.filename is not None or error.errno is None:
-        raise
-      raise OSError(error.errno, error.strerror, self.directory) from error
 
   def _check_model(self, step: int, model_spec: spec_lib.ModelSpec) -> dict[str, Any]:
     metadata = self._metadata(step)
@@ -315,12 +307,12 @@ class Checkpoints:
     self._manager = self._open()
 
   def wait_until_finished(self) -> None:
-    with self._naming_the_directory():
+    with files.naming_failed_writes(self.directory):
       self._manager.wait_until_finished()
 
   def close(self) -> None:
     """Waits for pending saves, then releases orbax's threads."""
-    with self._naming_the_directory():
+    with files.naming_failed_writes(self.directory):
       self._manager.close()
 
   def __enter__(self) -> "Checkpoints":
